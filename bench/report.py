@@ -34,7 +34,7 @@ COLUMNS_BEFORE_METRICS = [
 COLUMNS_AFTER_METRICS = [
     "max_err_s100", "tier", "latency_median_s", "latency_iqr_s", "latency_min_s", "latency_max_s", "spread_pct", "samples",
     "loops", "ns_per_option", "throughput_per_s", "prepare_s", "first_call_s", "baseline", "speedup",
-    "iterations_mean", "iterations_max", "stderr_mean",
+    "iterations_mean", "iterations_max", "stderr_mean", "stderr_max", "z_max", "within_3se",
 ]
 STATUS_ORDER = {"ok": 0, "failed": 1, "error": 2, "timeout": 3, "skipped": 4}
 
@@ -252,6 +252,11 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
+def _pct(value: Any) -> str:
+    v = _num(value)
+    return "-" if not math.isfinite(v) else f"{100 * v:.3g}%"
+
+
 def _settings_text(raw: Any) -> str:
     try:
         settings = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
@@ -276,6 +281,8 @@ def _cells(r: dict[str, Any]) -> dict[str, str]:
         "dev": str(r.get("device")),
         "tier": tier_label(_num(r.get("tier"))) if status in ("ok", "failed") else "-",
         "max err": fmt_err(r.get("max_abs_error")),
+        "±se": fmt_err(r.get("stderr_mean")),
+        "in 3se": _pct(r.get("within_3se")),
         "fails": "-" if not math.isfinite(fails) else str(int(fails)),
         "median": fmt_time(median),
         "±IQR": fmt_time(r.get("latency_iqr_s")),
@@ -303,9 +310,11 @@ def task_table(task: str, rows: list[dict[str, Any]], width: int = 200):
     drop = set(_OPTIONAL) if width < 110 else ({"prepare"} if width < 140 else set())
     if width < 140:
         drop.add("note")
+    if not any(math.isfinite(_num(r.get("stderr_mean"))) for r in rows):
+        drop |= {"±se", "in 3se"}  # only tasks with Monte Carlo rows show standard errors
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     table.add_column("#", justify="right")
-    names = [n for n in ("method", "dev", "tier", "max err", "fails", "median", "±IQR", "per opt", "speed-up",
+    names = [n for n in ("method", "dev", "tier", "max err", "±se", "in 3se", "fails", "median", "±IQR", "per opt", "speed-up",
                          "prepare", "note") if n not in drop]
     for name in names:
         if name == "method":

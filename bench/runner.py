@@ -44,6 +44,25 @@ class TaskData:
     reference: np.ndarray
     reference_s: float
     scale: np.ndarray | None = None  # price tasks: per-point factor to S = 100
+    method_seed: int = 0  # given to methods with a ``seed`` setting the suite leaves unset
+
+
+def method_seed(seq: np.random.SeedSequence) -> int:
+    """The seed a task gives to random methods (Monte Carlo) that the suite does not seed.
+
+    A child of the task's seed sequence, so it changes with the suite seed,
+    the task seed and ``--seed``, and the same seed gives the same estimates.
+    Every method of the task gets the same one (common random numbers across
+    a sweep of settings)."""
+    child = np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + (0x5EED,))
+    return int(child.generate_state(1, np.uint32)[0])
+
+
+def with_seed(cls: type, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``settings`` plus ``seed`` when the method has a ``seed`` setting left unset (None)."""
+    if "seed" in getattr(cls, "settings", {}) and settings.get("seed") is None:
+        return dict(settings, seed=seed)
+    return dict(settings)
 
 
 @dataclass
@@ -199,6 +218,7 @@ class Runner:
     def _prepare_task(self, suite: Suite, task: Task) -> TaskData:
         self._stage = "sampling"
         seq = task_seed(suite.seed, task, self.seed)
+        seed = method_seed(seq)
         rng = np.random.default_rng(seq)
         points = sampling.sample(task.domain, task.n, task.sampler, rng, task.sampler_options)
         size = task.size
@@ -208,12 +228,12 @@ class Runner:
         self._stage = "reference"
         if task.kind == "price":
             t0 = time.perf_counter()
-            reference = self._price(task.reference, model, task.product, params)
+            reference = self._price(task.reference, model, task.product, params, seed)
             return TaskData(params, params, reference, time.perf_counter() - t0,
-                            scoring.price_scale(params, task.size))
+                            scoring.price_scale(params, task.size), seed)
         # implied_vol: invert prices made by the task's pricer
         self._stage = "pricing the options to invert"
-        prices = self._price(task.pricer, model, task.product, params)
+        prices = self._price(task.pricer, model, task.product, params, seed)
         inputs = {k: params[k] for k in ("S", "K", "T", "r", "q")}
         inputs["price"] = prices
         inputs["is_call"] = np.full(size, task.product == "european_call")
@@ -224,10 +244,11 @@ class Runner:
         else:
             finder = self.registry.get("root_finder", task.reference.name)(**task.reference.settings)
             reference = finder.solve(finder.prepare(inputs, "cpu")).to_host().sigma
-        return TaskData(params, inputs, reference, time.perf_counter() - t0)
+        return TaskData(params, inputs, reference, time.perf_counter() - t0, method_seed=seed)
 
-    def _price(self, spec: MethodSpec, model, product, params) -> np.ndarray:
-        pricer = self.registry.get("pricer", spec.name)(**spec.settings)
+    def _price(self, spec: MethodSpec, model, product, params, seed: int) -> np.ndarray:
+        cls = self.registry.get("pricer", spec.name)
+        pricer = cls(**with_seed(cls, spec.settings, seed))
         out = pricer.price(pricer.prepare(model, product, params, "cpu"))
         if isinstance(out, PriceResult):
             out = out.price
@@ -251,6 +272,7 @@ class Runner:
             "reference_settings": dict(task.reference.settings) if task.reference else {},
             "reference_s": data.reference_s,
             "seed_entropy": str(task_seed(suite.seed, task, self.seed).entropy),
+            "method_seed": data.method_seed,
         }
         rows = []
         for spec, device in cells:
@@ -295,7 +317,7 @@ class Runner:
         try:
             with warnings.catch_warnings(record=True) as caught, deadline(task.timeout):
                 warnings.simplefilter("once")  # each distinct warning once: cheap inside the timed loop
-                method = cls(**spec.settings)
+                method = cls(**with_seed(cls, spec.settings, data.method_seed))
                 t0 = time.perf_counter()
                 if task.kind == "price":
                     prepared = method.prepare(model, task.product, data.inputs, device)
@@ -329,8 +351,8 @@ class Runner:
         )
         notes = []
         try:
-            estimate, failed = self._outputs(task, out, row)
-            row.update(score(estimate, data.reference, self.metrics, task.floor, failed, data.scale))
+            estimate, failed, stderr = self._outputs(task, out, row)
+            row.update(score(estimate, data.reference, self.metrics, task.floor, failed, data.scale, stderr))
         except Exception as exc:  # noqa: BLE001 - a bad output or a broken metric fails this cell only
             return row | {"status": "error", "message": f"scoring failed: {type(exc).__name__}: {exc}"}
         usable = int(np.isfinite(data.reference).sum())
@@ -349,8 +371,9 @@ class Runner:
         row["message"] = "; ".join(filter(None, [row.get("message", "")] + notes))
         return row
 
-    def _outputs(self, task: Task, out: Any, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
-        """The estimates and the points the method itself flagged as failed; ValueError on a bad shape."""
+    def _outputs(self, task: Task, out: Any, row: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The estimates, the points the method itself flagged as failed, and the
+        standard errors if it gave them; ValueError on a bad shape."""
         expected = (task.size,)
         if task.kind == "implied_vol":
             if not isinstance(out, IVResult):
@@ -367,10 +390,14 @@ class Runner:
             counts = {k: v for k, v in res.summary().items() if k != "converged"}
             if counts:
                 row["message"] = "not converged: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            return res.sigma.reshape(-1).astype(np.float64), ~res.converged.reshape(-1)
+            return res.sigma.reshape(-1).astype(np.float64), ~res.converged.reshape(-1), None
+        stderr = None
         if isinstance(out, PriceResult):
             if out.stderr is not None:
-                row["stderr_mean"] = float(np.nanmean(arrays.to_numpy(out.stderr)))
+                stderr = arrays.to_numpy(out.stderr).astype(np.float64).reshape(-1)
+                if stderr.size != task.size:
+                    raise ValueError(f"wrong output shape: PriceResult.stderr has {stderr.size} entries, "
+                                     f"expected {task.size}")
             if out.reason is not None:
                 reasons = np.asarray(out.reason, dtype=object).reshape(-1)
                 if reasons.size != task.size:
@@ -383,7 +410,7 @@ class Runner:
         estimate = arrays.to_numpy(out)
         if estimate.size != task.size or estimate.ndim > 1 and estimate.shape != expected:
             raise ValueError(f"wrong output shape {estimate.shape}, expected {expected}")
-        return estimate.reshape(-1).astype(np.float64), None
+        return estimate.reshape(-1).astype(np.float64), None, stderr
 
     def _speedups(self, task: Task, rows: list[dict[str, Any]]) -> None:
         if task.baseline is None:

@@ -56,11 +56,19 @@ def score(
     floor: float,
     failed: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    stderr: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Failures and every metric; ``failed`` marks points a method itself reports as failed.
 
     With ``scale`` (price tasks), ``max_err_s100`` is the largest error of
     prices scaled to S = 100 and decides the tier; otherwise the raw max error does.
+
+    With ``stderr`` (a per-point standard error, Monte Carlo), also
+    ``stderr_mean`` and ``stderr_max`` over the scored points, ``z_max``
+    (the largest |estimate - reference| / stderr) and ``within_3se`` (the
+    fraction of scored points whose reference lies within 3 standard errors;
+    about 0.997 for an unbiased, normally distributed estimate, lower when
+    discretisation bias or an underestimated error shows).
     """
     estimate = np.asarray(estimate, dtype=np.float64).ravel()
     reference = np.asarray(reference, dtype=np.float64).ravel()
@@ -81,7 +89,27 @@ def score(
         out["tier"] = tier_of(out["max_err_s100"])
     else:
         out["tier"] = tier_of(out.get("max_abs_error", math.nan))
+    if stderr is not None:
+        out.update(_stderr_scores(estimate, reference, np.asarray(stderr, dtype=np.float64).ravel(), ok))
     return out
+
+
+def _stderr_scores(estimate, reference, stderr, ok) -> dict[str, float]:
+    if stderr.size != estimate.size:
+        raise ValueError(f"wrong output shape: stderr has {stderr.size} entries, expected {estimate.size}")
+    mask = ok & np.isfinite(stderr) & (stderr >= 0.0)
+    if not mask.any():
+        return {"stderr_mean": math.nan, "stderr_max": math.nan, "z_max": math.nan, "within_3se": math.nan}
+    diff = np.abs(estimate[mask] - reference[mask])
+    se = stderr[mask]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(diff == 0.0, 0.0, diff / se)  # se = 0 with a nonzero error: z = inf
+    return {
+        "stderr_mean": float(se.mean()),
+        "stderr_max": float(se.max()),
+        "z_max": float(z.max()),
+        "within_3se": float(np.mean(z <= 3.0)),
+    }
 
 
 def fastest_per_target(rows: list[dict], targets=TARGETS) -> list[dict]:

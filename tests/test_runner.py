@@ -110,10 +110,26 @@ class Explained(_Base):
         return PriceResult(value, reason=np.where(far, "strike beyond 110", ""))
 
 
+class Noisy(_Base):
+    """A fake Monte Carlo pricer: the exact price plus seeded normal noise of size ``se``."""
+
+    name = "noisy"
+    settings = {"se": Setting(1e-2, float, "standard error"), "bias": Setting(0.0, float, "added"),
+                "seed": Setting(None, int, "random seed; None: the task's", min=0)}
+
+    def price(self, inputs):
+        from bench.methods import PriceResult
+
+        exact = super().price(inputs)
+        rng = np.random.default_rng(0 if self.seed is None else self.seed)
+        se = np.full_like(exact, self.se)
+        return PriceResult(exact + self.bias + se * rng.standard_normal(exact.shape), stderr=se)
+
+
 class FaultyPlugin:
     @hookimpl
     def register_pricers(self, register):
-        for cls in (Raiser, Sleeper, WrongShape, HalfNaN, AllNaN, Biased, Mutator, Swallower, Explained):
+        for cls in (Raiser, Sleeper, WrongShape, HalfNaN, AllNaN, Biased, Mutator, Swallower, Explained, Noisy):
             register(cls)
 
 
@@ -346,3 +362,24 @@ def test_the_reason_a_point_is_not_priced_is_recorded(registry):
     (row,) = runner.run(make_suite(registry, ["explained"]), registry, out_dir=None).rows
     assert row["status"] == "ok" and row["failures"] == far > 0
     assert row["message"].startswith(f"not priced: strike beyond 110 {far}")
+
+
+def test_standard_errors_are_scored(registry):
+    s = make_suite(registry, [{"name": "noisy", "settings": {"bias": [0.0, 0.1]}}], n=400)
+    unbiased, biased = runner.run(s, registry, out_dir=None).rows
+    assert unbiased["stderr_mean"] == pytest.approx(1e-2) and unbiased["stderr_max"] == pytest.approx(1e-2)
+    assert unbiased["within_3se"] > 0.98 and 2.0 < unbiased["z_max"] < 5.0
+    assert biased["within_3se"] < 0.01 and biased["z_max"] > 6.0  # a 10-sigma bias shows
+
+
+def test_random_methods_get_the_task_seed_unless_the_suite_sets_one(registry):
+    def noise(seed=None, settings=None):
+        method = {"name": "noisy", "settings": settings or {}}
+        rows = runner.run(make_suite(registry, [method]), registry, out_dir=None, seed=seed).rows
+        return rows[0]["mae"], rows[0]["settings"]
+
+    assert noise() == noise()  # same suite seed, same estimates
+    assert noise(seed=1)[0] != noise(seed=2)[0]  # --seed reaches the method
+    draws = np.abs(1e-2 * np.random.default_rng(3).standard_normal(200))
+    assert noise(seed=1, settings={"seed": 3})[0] == pytest.approx(draws.mean(), rel=1e-9)  # the suite's seed wins
+    assert noise()[1] == "{}"  # the injected seed is not shown as a setting
