@@ -5,6 +5,7 @@
     pricebench plugins [--json]    installed plugins, versions and what they register
     pricebench methods [--json]    registered methods with devices and settings
     pricebench suites              the suites shipped with pricebench
+    pricebench mlmc-test           Giles' multilevel Monte Carlo convergence and complexity test
 
 Exit codes: 0 success, 1 a run-time failure, 2 bad input (suite, option,
 plugin set); bad input writes nothing.
@@ -77,6 +78,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     sub.add_parser("suites", help="list the suites shipped with pricebench")
+
+    p = sub.add_parser(
+        "mlmc-test", parents=[common], help="Giles' multilevel Monte Carlo test: rates, savings over plain MC",
+        description="Giles' mlmc_test for the mlmc pricer's level estimators: a convergence test on levels 0..L "
+                    "(means, variances, kurtosis, consistency, fitted alpha/beta/gamma), a complexity test per eps "
+                    "(MLMC cost against plain MC's, N_l) and seed 002's MSE analysis; tables on the console, CSV "
+                    "files, report.txt and PNG plots in --out. Defaults: Giles' GBM call (black_scholes, S=K=100, "
+                    "T=1, r=0.05, sigma=0.2; other models have default parameters too).")
+    p.add_argument("--model", default="black_scholes", help="model (default black_scholes)")
+    p.add_argument("--product", default=None, help="product (default european_call; zero_coupon_bond for "
+                   "black_karasinski)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a model parameter (repeatable); overrides the model's defaults here")
+    p.add_argument("--scheme", choices=("auto", "euler", "milstein"), default="auto",
+                   help="auto (milstein for black_scholes, else euler), euler or milstein")
+    p.add_argument("--M", type=_count(2), default=4, help="refinement factor (default 4)")
+    p.add_argument("--N", type=_count(2), default=20_000, help="samples per level in the convergence test")
+    p.add_argument("--L", type=_count(2), default=6, help="levels 0..L in the convergence test (default 6)")
+    p.add_argument("--N0", type=_count(1), default=1000, help="pilot samples per new level (default 1000)")
+    p.add_argument("--eps", default="0.1,0.05,0.02,0.01,0.005", metavar="LIST",
+                   help="comma-separated target RMS errors (default 0.1,0.05,0.02,0.01,0.005)")
+    p.add_argument("--Lmin", type=_count(2), default=2, help="initial finest level (default 2)")
+    p.add_argument("--Lmax", type=_count(2), default=10, help="finest level allowed (default 10)")
+    p.add_argument("--repeats", type=_count(1), default=1,
+                   help="independent MLMC runs per eps, for the measured RMS error (default 1)")
+    p.add_argument("--exact", type=float, default=None,
+                   help="exact value (default: closed_form, heston_integration or fd, as the model allows)")
+    p.add_argument("--mse-paths", type=_count(1), default=100_000,
+                   help="paths of the plain MC estimator in seed 002's MSE analysis (default 100000)")
+    p.add_argument("--refit", action="store_true",
+                   help="let each MLMC run fit alpha, beta, gamma itself (default: use the convergence test's, as "
+                        "Giles' mlmc_test does)")
+    p.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default results/mlmc_test/<run-id>)")
+    p.add_argument("--threads", type=_count(1), help="limit numba threads (default: all)")
     return parser
 
 
@@ -188,7 +224,92 @@ def cmd_suites(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "show": cmd_show, "plugins": cmd_plugins, "methods": cmd_methods, "suites": cmd_suites}
+# default parameters of `mlmc-test` per model: Giles' GBM call, and a standard case of each other model
+MLMC_TEST_DEFAULTS = {
+    "black_scholes": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.05, "sigma": 0.2},
+    "heston": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.0, "v0": 0.0175, "kappa": 1.5768, "theta": 0.0398,
+               "xi": 0.5751, "rho": -0.5711},
+    "cev": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.05, "sigma": 2.0, "beta": 0.5},
+    "sinh_lv": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.05, "lam": 20.0},
+    "black_karasinski": {"r0": 0.05, "alpha": 1.0, "sigma": 0.2, "mu": 0.05, "T": 1.0},
+}
+MLMC_TEST_REFERENCE = {"black_scholes": "closed_form", "cev": "closed_form", "sinh_lv": "closed_form",
+                       "heston": "heston_integration", "black_karasinski": "fd"}
+
+
+def cmd_mlmc_test(args, out: Console, err: Console) -> int:
+    import math
+
+    from bench import environment, multilevel
+
+    def usage(message: str) -> int:
+        err.print(f"[bold red]error:[/] mlmc-test: {message}", highlight=False)
+        return EXIT_USAGE
+
+    registry = _load_registry(args, err)
+    try:
+        mdl = registry.model(args.model)
+    except (KeyError, ValueError) as exc:
+        return usage(str(exc))
+    product = args.product or ("zero_coupon_bond" if args.model == "black_karasinski" else "european_call")
+    params = dict(MLMC_TEST_DEFAULTS.get(args.model, {}))
+    for item in args.param:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            return usage(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            params[name.strip()] = float(text)
+        except ValueError:
+            return usage(f"--param {name.strip()}: expected a number, got {text!r}")
+    try:
+        eps = [float(e) for e in args.eps.split(",") if e.strip()]
+    except ValueError:
+        return usage(f"--eps expects comma-separated numbers, got {args.eps!r}")
+    if not eps or not all(math.isfinite(e) and e > 0 for e in eps):
+        return usage(f"--eps values must be positive, got {args.eps!r}")
+    if args.Lmax < args.Lmin:
+        return usage(f"--Lmax ({args.Lmax}) must be >= --Lmin ({args.Lmin})")
+    if args.exact is not None and not math.isfinite(args.exact):
+        return usage(f"--exact must be finite, got {args.exact!r}")
+    out_dir = Path(args.out) if args.out else Path("results") / "mlmc_test" / runner.new_run_id()
+    if out_dir.exists() and not out_dir.is_dir():
+        return usage(f"--out {out_dir} is a file, not a folder")
+    with environment.limit_threads(args.threads):
+        try:
+            mdl.check_product(product)
+            cls = registry.get("pricer", "mlmc")
+            pricer = cls(M=args.M, scheme=args.scheme, N0=args.N0, Lmin=args.Lmin, Lmax=args.Lmax, seed=args.seed)
+            level_fn = pricer.level_function(mdl, product, params)
+            scheme = pricer.resolved_scheme(mdl.name)
+        except (KeyError, ValueError) as exc:
+            return usage(str(exc))
+        exact, source = args.exact, "--exact"
+        if exact is None and MLMC_TEST_REFERENCE.get(mdl.name) in registry.names("pricer"):
+            source = MLMC_TEST_REFERENCE[mdl.name]
+            try:
+                exact = float(bench.price(source, model=mdl.name, product=product, **params))
+            except ValueError:
+                exact = None
+            if exact is not None and not math.isfinite(exact):
+                exact = None
+        meta = {"model": mdl.name, "product": product, "scheme": scheme, "params": params, "seed": args.seed,
+                "exact_source": source if exact is not None else None, "threads": args.threads}
+        out.print(f"[bold]mlmc-test[/] {mdl.name} · {product} · {scheme} · M = {args.M} · "
+                  + ", ".join(f"{k}={v:g}" for k, v in params.items())
+                  + (f" · exact {exact:.10g} ({source})" if exact is not None else ""), highlight=False)
+        result = multilevel.mlmc_test(
+            level_fn, args.M, args.N, args.L, args.N0, eps, args.Lmin, args.Lmax, exact=exact,
+            repeats=args.repeats, mse_paths=args.mse_paths, refit=args.refit, meta=meta,
+            on_stage=lambda text: out.print(f"[dim]{text}[/]", highlight=False))
+    multilevel.render(result, out)
+    multilevel.write_report(result, out_dir)
+    out.print(f"[green]wrote[/] {out_dir} ({multilevel.REPORT_TXT}, CSV files, {multilevel.COST_PNG}, "
+              f"{multilevel.LEVELS_PNG}) in {result.timings['total_s']:.1f} s")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "show": cmd_show, "plugins": cmd_plugins, "methods": cmd_methods, "suites": cmd_suites,
+            "mlmc-test": cmd_mlmc_test}
 
 
 def main(argv: list[str] | None = None) -> int:

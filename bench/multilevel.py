@@ -1,0 +1,831 @@
+"""Multilevel Monte Carlo: Giles' adaptive algorithm, his ``mlmc_test`` report
+and the seed-002 error analysis, generic over a level function.
+
+References
+----------
+- M. B. Giles, "Multilevel Monte Carlo path simulation", Operations Research
+  56(3):607-617, 2008 (the algorithm and the GBM experiments).
+- M. B. Giles, "Multilevel Monte Carlo methods", Acta Numerica 24:259-328,
+  2015 (the adaptive algorithm with fitted rates, section 2.2 and 3).
+- Giles' MATLAB ``mlmc.m`` / ``mlmc_test.m`` and their Python port ``pymlmc``
+  (P. E. Farrell et al.): the safeguards for small means and variances and
+  the robust remaining-bias estimate follow that code.
+
+Level functions
+---------------
+Everything here works on a *level function*::
+
+    sums, cost = level_fn(l, N)
+
+``N`` is an int64 array of shape (B,), one sample count per batch entry
+(0 = nothing to do for that entry); ``sums`` is a float array (B, 6) with,
+per entry, the sums over its N samples of Y, Y^2, Y^3, Y^4, P_f and P_f^2,
+where Y = P_f - P_c is the level-l correction (P_c = 0 on level 0) and P_f
+the fine estimate; ``cost`` (B,) is the cost of those samples (any unit;
+path steps for the pricer). Each call must draw *fresh* samples. A batch
+entry is either an option of a batch (the ``mlmc`` pricer) or an independent
+replica of one problem (``mlmc_test`` runs R replicas at once this way).
+A level function may also offer ``fine_cost(l)``, the cost of one sample of
+the fine estimator P_l alone (used for the plain-MC comparison; without it
+the level's cost C_l is used, as Giles' ``mlmc_test`` does).
+:func:`scalar_level` adapts a Giles-style function ``fn(l, N) -> (sums[6], cost)``.
+
+Rates are in h units: with h_l = T / M^l, |E[Y_l]| ~ M^(-alpha l) = h^alpha,
+V[Y_l] ~ h^beta, C_l ~ h^(-gamma) (Giles' published code fits them per level
+in log2, which is the same thing for M = 2).
+
+The adaptive algorithm (:func:`mlmc`), per batch entry
+----------------------------------------------------
+1. Levels 0..L with L = Lmin, N0 pilot samples on each.
+2. From the samples: m_l = |mean Y_l|, V_l, C_l (cost per sample); for
+   l >= 2 the safeguards m_l >= m_{l-1} / (2 M^alpha) and
+   V_l >= V_{l-1} / (2 M^beta) (few samples can give near-zero estimates);
+   alpha, beta, gamma fitted by least squares over levels 1..L unless given
+   (alpha, beta at least 0.5).
+3. N_l = ceil(sqrt(V_l / C_l) sum_k sqrt(V_k C_k) / ((1 - theta) eps^2)):
+   the sample sizes minimising cost for variance (1 - theta) eps^2; with
+   theta = 0.5 (the default) this is N_l = ceil(2 eps^-2 sqrt(V_l/C_l)
+   sum_k sqrt(V_k C_k)). Extra samples are drawn where N_l exceeds what a
+   level has.
+4. Once no level needs more than 1% extra samples, the remaining bias is
+   estimated from the decay of the corrections,
+   max_{k=0,1,2} m_{L-k} M^(-k alpha) / (M^alpha - 1) (= |E[Y_L]| / (M^alpha - 1)
+   when the decay is clean; the max over three levels is Giles' 2018 fix for
+   erratic means). If it exceeds sqrt(theta) eps (eps / sqrt 2) a level is
+   added: its V and C extrapolated with beta and gamma, all N_l recomputed,
+   and at least N0 pilot samples drawn on it. At Lmax the entry is flagged
+   instead (``lmax_hit``) and a :class:`MLMCWarning` issued.
+5. The estimate is sum_l mean(Y_l), its standard error sqrt(sum_l V_l / N_l).
+
+The whole batch advances together: every iteration calls the level function
+once per level with each entry's extra sample count, so a compiled level
+function does one pass per level over every option that needs samples.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "MLMCResult", "MLMCTestResult", "MLMCWarning", "fit_rate", "mlmc", "mlmc_test", "render",
+    "report_text", "scalar_level", "write_report", "plot_cost", "plot_levels",
+]
+
+LevelFunction = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class MLMCWarning(RuntimeWarning):
+    """The adaptive algorithm stopped short: Lmax reached before the bias
+    estimate fell below eps/sqrt(2), or non-finite samples."""
+
+
+def scalar_level(fn: Callable[[int, int], tuple[Sequence[float], float]]) -> LevelFunction:
+    """Adapt ``fn(l, N) -> (sums[6], cost)`` (one problem, Giles' interface)
+    to the batch interface; every batch entry calls ``fn`` in turn."""
+
+    def level(l: int, N: np.ndarray):
+        N = np.atleast_1d(np.asarray(N, dtype=np.int64))
+        sums = np.zeros((N.size, 6))
+        cost = np.zeros(N.size)
+        for b, n in enumerate(N):
+            if n > 0:
+                s, c = fn(l, int(n))
+                sums[b] = np.asarray(s, dtype=np.float64)[:6]
+                cost[b] = float(c)
+        return sums, cost
+
+    return level
+
+
+# --------------------------------------------------------------------------- rates
+
+
+def _masked_slope(y: np.ndarray, mask: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Least-squares slope of y against x per row, over the columns where mask (NaN if < 2 points)."""
+    mask = mask & np.isfinite(y)
+    w = mask.astype(np.float64)
+    n = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xb = (w * x).sum(axis=1) / n
+        yv = np.where(mask, y, 0.0)
+        yb = (w * yv).sum(axis=1) / n
+        dx = np.where(mask, x[None, :] - xb[:, None], 0.0)
+        sxy = (dx * (yv - yb[:, None])).sum(axis=1)
+        sxx = (dx * dx).sum(axis=1)
+        slope = sxy / sxx
+    return np.where(n >= 2, slope, np.nan)
+
+
+def fit_rate(values: Sequence[float], M: int, levels: Sequence[int] | None = None) -> tuple[float, float]:
+    """Fit log_M |values_l| = c + s l by least squares; returns (s, c).
+
+    ``levels`` defaults to 0, 1, ...; non-finite or zero values are left out.
+    The decay rate in h units is -s (so alpha = -s for the means, beta = -s
+    for the variances, gamma = +s for the costs); times log2(M) it is the
+    per-level decay in log2.
+    """
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    x = np.arange(v.size, dtype=np.float64) if levels is None else np.asarray(levels, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        y = np.log(v) / math.log(M)
+    ok = np.isfinite(y)
+    if ok.sum() < 2:
+        return math.nan, math.nan
+    s, c = np.polyfit(x[ok], y[ok], 1)
+    return float(s), float(c)
+
+
+# --------------------------------------------------------------------------- the adaptive algorithm
+
+
+@dataclass
+class MLMCResult:
+    """Outcome of :func:`mlmc` for a batch of B entries (per-level arrays are
+    (B, Lmax + 1), NaN / 0 above each entry's final level)."""
+
+    price: np.ndarray  # (B,) the MLMC estimate sum_l mean(Y_l)
+    stderr: np.ndarray  # (B,) sqrt(sum_l V_l / N_l)
+    L: np.ndarray  # (B,) finest level used
+    Nl: np.ndarray  # (B, Lmax+1) samples per level
+    Cl: np.ndarray  # cost per sample on each level
+    Vl: np.ndarray  # sample variance of Y_l
+    ml: np.ndarray  # sample mean of Y_l (signed)
+    cost: np.ndarray  # (B,) sum_l N_l C_l
+    bias: np.ndarray  # (B,) final remaining-bias estimate
+    alpha: np.ndarray  # (B,) rates used (fitted or given), h units
+    beta: np.ndarray
+    gamma: np.ndarray
+    lmax_hit: np.ndarray  # (B,) bias estimate still > eps/sqrt(2) at Lmax
+    reason: np.ndarray  # (B,) "" or why the entry is NaN
+    iterations: int = 0
+    eps: np.ndarray = field(default=None)
+
+    @property
+    def converged(self) -> np.ndarray:
+        return ~self.lmax_hit & (self.reason == "")
+
+
+def _check_args(eps, M, N0, Lmin, Lmax, theta):
+    if not (isinstance(M, (int, np.integer)) and M >= 2):
+        raise ValueError(f"M must be an integer >= 2, got {M!r}")
+    if not (isinstance(N0, (int, np.integer)) and N0 >= 1):
+        raise ValueError(f"N0 must be an integer >= 1, got {N0!r}")
+    if not (isinstance(Lmin, (int, np.integer)) and Lmin >= 2):
+        raise ValueError(f"Lmin must be an integer >= 2 (the rates are fitted over levels 1..L), got {Lmin!r}")
+    if not (isinstance(Lmax, (int, np.integer)) and Lmax >= Lmin):
+        raise ValueError(f"Lmax must be an integer >= Lmin = {Lmin}, got {Lmax!r}")
+    if not (0.0 < theta < 1.0):
+        raise ValueError(f"theta must lie in (0, 1), got {theta!r}")
+    if not (np.all(np.isfinite(eps)) and np.all(eps > 0)):
+        raise ValueError(f"eps must be positive and finite, got {eps!r}")
+
+
+def _rate(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive (or None to fit it), got {value!r}")
+    return value
+
+
+def _optimal_N(Vl, Cl, active, eps, theta):
+    """Giles' optimal sample sizes for variance (1 - theta) eps^2, over the active levels."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        root = np.where(active, np.sqrt(Vl * Cl), 0.0).sum(axis=1)
+        ns = np.ceil(np.sqrt(np.where(active, Vl / Cl, 0.0)) * root[:, None] / ((1.0 - theta) * eps[:, None] ** 2))
+    ns = np.where(np.isfinite(ns), ns, 0.0)
+    return np.minimum(ns, 2.0 ** 62).astype(np.int64)
+
+
+def mlmc(
+    level_fn: LevelFunction,
+    eps: float | Sequence[float],
+    *,
+    M: int = 4,
+    N0: int = 1000,
+    Lmin: int = 2,
+    Lmax: int = 10,
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
+    theta: float = 0.5,
+    batch: int | None = None,
+    max_iterations: int = 200,
+    warn: bool = True,
+) -> MLMCResult:
+    """Giles' adaptive multilevel Monte Carlo for a batch (see the module docstring).
+
+    ``eps``: target RMS error, a scalar or one per batch entry (then the
+    batch size is its length, else ``batch``, default 1). ``alpha``, ``beta``,
+    ``gamma``: fixed rates in h units, or None to fit them. ``theta``: the
+    share of eps^2 given to the squared bias (variance (1-theta) eps^2, bias
+    sqrt(theta) eps). Entries whose samples turn non-finite get a NaN price
+    and a reason; entries that reach Lmax with too large a bias estimate keep
+    their estimate and are flagged in ``lmax_hit`` (with an
+    :class:`MLMCWarning` when ``warn``).
+    """
+    eps_arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    B = int(batch) if batch is not None else eps_arr.size
+    if eps_arr.size not in (1, B):
+        raise ValueError(f"eps has {eps_arr.size} values for a batch of {B}")
+    eps_arr = np.broadcast_to(eps_arr, (B,)).copy()
+    _check_args(eps_arr, M, N0, Lmin, Lmax, theta)
+    alpha0, beta0, gamma0 = _rate("alpha", alpha), _rate("beta", beta), _rate("gamma", gamma)
+
+    K = Lmax + 1
+    lev = np.arange(K, dtype=np.float64)
+    Nl = np.zeros((B, K), dtype=np.int64)
+    sums = np.zeros((B, K, 6))
+    costl = np.zeros((B, K))
+    L = np.full(B, Lmin, dtype=np.int64)
+    dN = np.zeros((B, K), dtype=np.int64)
+    dN[:, : Lmin + 1] = N0
+    a = np.full(B, alpha0 if alpha0 is not None else 0.0)
+    b_ = np.full(B, beta0 if beta0 is not None else 0.0)
+    g = np.full(B, gamma0 if gamma0 is not None else 0.0)
+    failed = np.zeros(B, dtype=bool)
+    reason = np.full(B, "", dtype=object)
+    lmax_hit = np.zeros(B, dtype=bool)
+    bias = np.full(B, np.nan)
+    sqrt_theta = math.sqrt(theta)
+    logM = math.log(M)
+    ml = Vl = Cl = None
+    iterations = 0
+
+    while (dN > 0).any():
+        iterations += 1
+        if iterations > max_iterations:
+            stuck = (dN > 0).any(axis=1)
+            reason[stuck & ~failed] = f"no convergence after {max_iterations} iterations"
+            failed |= stuck
+            break
+        for l in range(K):
+            cnt = dN[:, l]
+            take = cnt > 0
+            if not take.any():
+                continue
+            s, c = level_fn(l, np.ascontiguousarray(cnt))
+            s = np.asarray(s, dtype=np.float64).reshape(B, 6)
+            c = np.asarray(c, dtype=np.float64).reshape(B)
+            Nl[take, l] += cnt[take]
+            sums[take, l] += s[take]
+            costl[take, l] += c[take]
+        bad = ~np.isfinite(sums[:, :, :2]).all(axis=(1, 2)) & ~failed
+        for i in np.flatnonzero(bad):
+            lvl = int(np.flatnonzero(~np.isfinite(sums[i, :, :2]).all(axis=1))[0])
+            reason[i] = f"non-finite samples on level {lvl}"
+        failed |= bad
+
+        active = lev[None, :] <= L[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = np.where(Nl > 0, Nl, 1)
+            mean = sums[:, :, 0] / n
+            ml = np.abs(mean)
+            Vl = np.maximum(0.0, sums[:, :, 1] / n - mean * mean)
+            Cl = costl / n
+        ml_raw, Vl_raw = ml.copy(), Vl.copy()
+        # Giles' safeguards against near-zero estimates from few samples
+        for l in range(2, K):
+            on = l <= L
+            ml[on, l] = np.maximum(ml[on, l], 0.5 * ml[on, l - 1] / M ** a[on])
+            Vl[on, l] = np.maximum(Vl[on, l], 0.5 * Vl[on, l - 1] / M ** b_[on])
+        fit_mask = active & (lev[None, :] >= 1)
+        with np.errstate(divide="ignore"):
+            if alpha0 is None:
+                a = np.fmax(0.5, -_masked_slope(np.log(ml) / logM, fit_mask, lev))
+            if beta0 is None:
+                b_ = np.fmax(0.5, -_masked_slope(np.log(Vl) / logM, fit_mask, lev))
+            if gamma0 is None:
+                g = np.fmax(0.5, _masked_slope(np.log(Cl) / logM, fit_mask, lev))
+
+        Ns = _optimal_N(Vl, Cl, active, eps_arr, theta)
+        dN = np.where(active, np.maximum(0, Ns - Nl), 0)
+        dN[failed] = 0
+
+        # (almost) converged entries: estimate the remaining bias, add a level if needed
+        settled = ~((dN > 0.01 * Nl) & active).any(axis=1) & ~failed
+        for i in np.flatnonzero(settled):
+            Li = int(L[i])
+            ks = np.arange(min(3, Li))
+            rem = float(np.max(ml[i, Li - ks] / M ** (ks * a[i])) / (M ** a[i] - 1.0))
+            bias[i] = rem
+            if rem <= sqrt_theta * eps_arr[i]:
+                lmax_hit[i] = False
+                continue
+            if Li == Lmax:
+                lmax_hit[i] = True
+                continue
+            Li += 1
+            L[i] = Li
+            Vl[i, Li] = Vl[i, Li - 1] / M ** b_[i]
+            Cl[i, Li] = Cl[i, Li - 1] * M ** g[i]
+            act = lev <= Li
+            ns = _optimal_N(Vl[i : i + 1], Cl[i : i + 1], act[None, :], eps_arr[i : i + 1], theta)[0]
+            dN[i] = np.where(act, np.maximum(0, ns - Nl[i]), 0)
+            dN[i, Li] = max(N0, ns[Li])
+
+    active = lev[None, :] <= L[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.where(Nl > 0, Nl, 1)
+        mean = np.where(active, sums[:, :, 0] / n, np.nan)
+        var = np.where(active, np.maximum(0.0, sums[:, :, 1] / n - mean * mean), np.nan)
+        price = np.where(active, mean, 0.0).sum(axis=1)
+        stderr = np.sqrt(np.where(active, var / n, 0.0).sum(axis=1))
+        Cl_out = np.where(active, costl / n, np.nan)
+    price[failed] = np.nan
+    stderr[failed] = np.nan
+    if warn and lmax_hit.any():
+        warnings.warn(
+            f"MLMC: {int(lmax_hit.sum())} of {B} estimates reached Lmax = {Lmax} with the bias estimate still "
+            f"above eps/sqrt(2) (max {np.nanmax(bias[lmax_hit]):.3g}); raise Lmax or eps", MLMCWarning,
+            stacklevel=2)
+    if warn and failed.any():
+        warnings.warn(f"MLMC: {int(failed.sum())} of {B} estimates failed: {reason[failed][0]}", MLMCWarning,
+                      stacklevel=2)
+    return MLMCResult(
+        price=price, stderr=stderr, L=L, Nl=np.where(active, Nl, 0), Cl=Cl_out, Vl=var, ml=mean,
+        cost=np.where(active, costl, 0.0).sum(axis=1), bias=bias, alpha=a, beta=b_, gamma=g,
+        lmax_hit=lmax_hit, reason=reason, iterations=iterations, eps=eps_arr,
+    )
+
+
+# --------------------------------------------------------------------------- mlmc_test
+
+
+@dataclass
+class MLMCTestResult:
+    """What :func:`mlmc_test` measured; :func:`render`, :func:`report_text`
+    and :func:`write_report` present it."""
+
+    settings: dict[str, Any]
+    convergence: pd.DataFrame  # one row per level
+    rates: dict[str, float]
+    complexity: pd.DataFrame  # one row per eps
+    cost_slopes: dict[str, float]
+    seed002: pd.DataFrame  # one row per level 0..L-1
+    warnings: list[str]
+    timings: dict[str, float]
+
+
+def _kurtosis(s1, s2, s3, s4):
+    """Giles' kurtosis from the normalised power sums (NaN for zero variance)."""
+    var = s2 - s1 * s1
+    if not var > 0:
+        return math.nan
+    return (s4 - 4.0 * s3 * s1 + 6.0 * s2 * s1 * s1 - 3.0 * s1 ** 4) / (var * var)
+
+
+def _convergence(level_fn, M, N, L, on_stage):
+    rows = []
+    for l in range(L + 1):
+        t0 = time.perf_counter()
+        sums, cost = level_fn(l, np.array([N], dtype=np.int64))
+        dt = time.perf_counter() - t0
+        s = np.asarray(sums, dtype=np.float64).reshape(-1, 6)[0] / N
+        c = float(np.asarray(cost, dtype=np.float64).reshape(-1)[0]) / N
+        rows.append({
+            "l": l, "h": float(M) ** -l, "mean_dP": s[0], "mean_P": s[4],
+            "var_dP": max(s[1] - s[0] ** 2, 0.0), "var_P": max(s[5] - s[4] ** 2, 1e-10),
+            "kurtosis": _kurtosis(s[0], s[1], s[2], s[3]), "cost": c, "time_s": dt,
+        })
+        if on_stage:
+            on_stage(f"convergence test: level {l} done ({dt:.2f} s)")
+    frame = pd.DataFrame(rows)
+    check = [0.0]
+    for l in range(1, L + 1):
+        a, b, c = frame.mean_P[l - 1], frame.mean_P[l], frame.mean_dP[l]
+        denom = 3.0 * (math.sqrt(frame.var_dP[l]) + math.sqrt(frame.var_P[l - 1]) + math.sqrt(frame.var_P[l]))
+        check.append(abs(a - b + c) / (denom / math.sqrt(N)) if denom > 0 else 0.0)
+    frame["check"] = check
+    with np.errstate(divide="ignore"):
+        frame["logM_abs_mean_dP"] = np.log(np.abs(frame.mean_dP)) / math.log(M)
+        frame["logM_var_dP"] = np.log(frame.var_dP) / math.log(M)
+        frame["log2_abs_mean_dP"] = np.log2(np.abs(frame.mean_dP))
+        frame["log2_var_dP"] = np.log2(frame.var_dP)
+    return frame
+
+
+def _seed002(conv: pd.DataFrame, M: int, N: int, paths: int, order: float, exact: float | None) -> pd.DataFrame:
+    """Seed 002's MSE split for plain MC with ``paths`` paths on each level's grid.
+
+    MSE(h) = V[P_h] / paths + bias(h)^2, the bias estimated from h against h/M
+    as M^p / (M^p - 1) |E P_h - E P_{h/M}| (p the weak order, 1 for Euler)
+    with E P_{h/M} - E P_h = E[Y_{l+1}] taken from the coupled corrections
+    (far less noisy than two independent means), against the measured bias
+    E[P_h] - exact (whose standard error sqrt(V[P_h] / N) comes from the
+    convergence test's N samples).
+    """
+    rows = []
+    factor = M ** order / (M ** order - 1.0)
+    for l in range(len(conv) - 1):
+        var = float(conv.var_P[l])
+        est = factor * abs(float(conv.mean_dP[l + 1]))
+        row = {"l": l, "h": float(M) ** -l, "mean_P": float(conv.mean_P[l]), "var_P": var,
+               "var_over_paths": var / paths, "bias_est": est, "mse_est": var / paths + est * est}
+        if exact is not None:
+            measured = float(conv.mean_P[l]) - exact
+            row.update({"bias_exact": measured, "bias_exact_stderr": math.sqrt(var / N),
+                        "mse_exact": var / paths + measured * measured})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["rmse_est"] = np.sqrt(frame.mse_est)
+    if exact is not None and len(frame):
+        frame["rmse_exact"] = np.sqrt(frame.mse_exact)
+    return frame
+
+
+def mlmc_test(
+    level_fn: LevelFunction,
+    M: int,
+    N: int,
+    L: int,
+    N0: int,
+    eps_list: Sequence[float],
+    Lmin: int = 2,
+    Lmax: int = 10,
+    *,
+    exact: float | None = None,
+    repeats: int = 1,
+    theta: float = 0.5,
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
+    mse_paths: int = 100_000,
+    weak_order: float = 1.0,
+    refit: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> MLMCTestResult:
+    """Giles' ``mlmc_test``: convergence tests, rates, complexity tests; plus seed 002's MSE analysis.
+
+    1. Convergence: ``N`` samples on each level 0..L: mean and variance of
+       Y_l and P_l, kurtosis of Y_l, cost per sample and the consistency
+       check |E P_{l-1} - E P_l + E Y_l| / (3 (sqrt V[Y_l] + sqrt V[P_{l-1}] + sqrt V[P_l]) / sqrt N)
+       (above 1 means the telescoping identity looks broken); alpha, beta,
+       gamma fitted over levels 1..L (h units and per level in log2).
+    2. Complexity: for each eps, ``repeats`` independent MLMC runs (one batch
+       of replicas; rates fixed to those fitted in step 1, as Giles does,
+       unless given, or fitted by each run itself with ``refit``): estimate,
+       MLMC cost sum N_l C_l, the plain MC cost for the same eps,
+       V[P_L] C_L^MC / ((1 - theta) eps^2) on the finest level L used
+       (V[P_L] from the convergence test, its last level if L is beyond it;
+       C_L^MC = ``level_fn.fine_cost(L)`` when offered, else C_L as in Giles'
+       code, which also counts the coarse path), the saving, N_l; RMS error
+       over the runs when ``exact`` is given; the slopes of log cost against
+       log eps for both.
+    3. Seed 002 (section 2.2): per level, plain MC's MSE with ``mse_paths``
+       paths split into variance and squared bias, the bias estimated from h
+       against h/M with weak order ``weak_order``, against the measured one
+       when ``exact`` is given.
+    """
+    if not (isinstance(N, (int, np.integer)) and N >= 2):
+        raise ValueError(f"N must be an integer >= 2, got {N!r}")
+    if not (isinstance(L, (int, np.integer)) and L >= 2):
+        raise ValueError(f"L must be an integer >= 2 (rates are fitted over levels 1..L), got {L!r}")
+    if not (isinstance(repeats, (int, np.integer)) and repeats >= 1):
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    eps_list = [float(e) for e in eps_list]
+    if not eps_list:
+        raise ValueError("eps_list is empty")
+    _check_args(np.asarray(eps_list), M, N0, Lmin, Lmax, theta)
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+
+    t0 = time.perf_counter()
+    conv = _convergence(level_fn, M, N, L, on_stage)
+    timings["convergence_s"] = time.perf_counter() - t0
+    lv = conv.l.to_numpy()[1:]
+    sa, _ = fit_rate(conv.mean_dP.to_numpy()[1:], M, lv)
+    sb, _ = fit_rate(conv.var_dP.to_numpy()[1:], M, lv)
+    sg, _ = fit_rate(conv.cost.to_numpy()[1:], M, lv)
+    log2M = math.log2(M)
+    rates = {"alpha": -sa, "beta": -sb, "gamma": sg,
+             "alpha_log2": -sa * log2M, "beta_log2": -sb * log2M, "gamma_log2": sg * log2M}
+    if conv['kurtosis'].iloc[-1] > 100.0:
+        notes.append(f"kurtosis on the finest level is {conv['kurtosis'].iloc[-1]:.1f} (> 100): the corrections "
+                     "are dominated by a few rare paths and their variance estimates are unreliable")
+    if conv['check'].max() > 1.0:
+        notes.append(f"consistency check reaches {conv['check'].max():.2f} (> 1): E[Pf - Pc] = E[Pf] - E[Pc] "
+                     "looks violated; re-run with a larger N to be sure")
+
+    def fixed(given, name):
+        if given is not None or refit or not math.isfinite(rates[name]):
+            return given
+        return max(rates[name], 0.5)
+
+    use_a, use_b, use_g = fixed(alpha, "alpha"), fixed(beta, "beta"), fixed(gamma, "gamma")
+    fine_cost = getattr(level_fn, "fine_cost", None)
+    rows = []
+    t1 = time.perf_counter()
+    for e in eps_list:
+        te = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MLMCWarning)
+            res = mlmc(level_fn, e, M=M, N0=N0, Lmin=Lmin, Lmax=Lmax, alpha=use_a, beta=use_b, gamma=use_g,
+                       theta=theta, batch=repeats)
+        for w in caught:
+            notes.append(f"eps = {e:g}: {w.message}")
+        dt = time.perf_counter() - te
+        Lf = int(res.L.max())
+        var_L = float(conv.var_P[min(Lf, L)])
+        C_level = float(np.nanmean(res.Cl[:, Lf]))
+        C_mc = float(fine_cost(Lf)) if fine_cost is not None else C_level
+        mc_cost = var_L * C_mc / ((1.0 - theta) * e * e)
+        mc_cost_giles = var_L * C_level / ((1.0 - theta) * e * e)
+        mlmc_cost = float(np.mean(res.cost))
+        row = {"eps": e, "value": float(np.mean(res.price)), "stderr": float(np.mean(res.stderr)), "L": Lf,
+               "mlmc_cost": mlmc_cost, "mc_cost": mc_cost, "savings": mc_cost / mlmc_cost,
+               "savings_giles": mc_cost_giles / mlmc_cost, "runs": repeats,
+               "lmax_hit": int(res.lmax_hit.sum()), "time_s": dt}
+        if exact is not None:
+            err = res.price - exact
+            row["rms_error"] = float(np.sqrt(np.mean(err * err)))
+            row["max_abs_error"] = float(np.max(np.abs(err)))
+            row["rms_over_eps"] = row["rms_error"] / e
+        for l in range(Lmax + 1):
+            row[f"N_{l}"] = int(round(float(np.mean(res.Nl[:, l])))) if l <= Lf else 0
+        rows.append(row)
+        if on_stage:
+            on_stage(f"complexity test: eps = {e:g} done ({dt:.2f} s, L = {Lf})")
+    timings["complexity_s"] = time.perf_counter() - t1
+    comp = pd.DataFrame(rows)
+    keep = [c for c in comp.columns if not c.startswith("N_") or comp[c].any()]
+    comp = comp[keep]
+    slopes = {"mlmc": math.nan, "mc": math.nan}
+    if len(comp) >= 2:
+        le = np.log(comp.eps.to_numpy())
+        slopes["mlmc"] = float(np.polyfit(le, np.log(comp.mlmc_cost.to_numpy()), 1)[0])
+        slopes["mc"] = float(np.polyfit(le, np.log(comp.mc_cost.to_numpy()), 1)[0])
+
+    seed = _seed002(conv, M, N, mse_paths, weak_order, exact)
+    settings = {"M": M, "N": N, "L": L, "N0": N0, "eps": eps_list, "Lmin": Lmin, "Lmax": Lmax, "theta": theta,
+                "repeats": repeats, "exact": exact, "mse_paths": mse_paths, "weak_order": weak_order,
+                "alpha_used": use_a, "beta_used": use_b, "gamma_used": use_g, "refit": refit,
+                "mc_cost": "fine path only" if fine_cost is not None else "C_L of the level (Giles)"}
+    settings.update(dict(meta or {}))
+    timings["total_s"] = time.perf_counter() - t0
+    return MLMCTestResult(settings, conv, rates, comp, slopes, seed, notes, timings)
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def _g(x: Any, fmt: str = ".4e") -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "-" if not math.isfinite(v) else format(v, fmt)
+
+
+def report_text(res: MLMCTestResult) -> str:
+    """The report as plain text, laid out like Giles' ``mlmc_test`` output."""
+    s = res.settings
+    out = []
+    star = "*" * 66
+    out += [star, "*** MLMC test (pricebench, after Giles' mlmc_test)", star]
+    for k, v in s.items():
+        out.append(f"  {k} = {v}")
+    out += ["", star, f"*** Convergence tests, kurtosis, telescoping sum check (N = {s['N']})", star, ""]
+    out.append(" l   ave(Pf-Pc)    ave(Pf)    var(Pf-Pc)   var(Pf)    kurtosis    check      cost")
+    out.append("-" * 86)
+    for r in res.convergence.itertuples():
+        out.append(f"{r.l:2d}  {r.mean_dP:11.4e} {r.mean_P:11.4e}  {r.var_dP:.3e}  {r.var_P:.3e}  "
+                   f"{r.kurtosis:9.2e}  {r.check:.2e}  {r.cost:.3e}")
+    q = res.rates
+    out += ["", star, "*** Linear regression estimates of MLMC parameters (levels 1..L)", star, "",
+            f" alpha = {q['alpha']:.4f}  (weak convergence |E Y_l| ~ h^alpha; {q['alpha_log2']:.4f} per level in log2)",
+            f" beta  = {q['beta']:.4f}  (variance V[Y_l] ~ h^beta; {q['beta_log2']:.4f} per level in log2)",
+            f" gamma = {q['gamma']:.4f}  (cost C_l ~ h^-gamma; {q['gamma_log2']:.4f} per level in log2)", ""]
+    out += [star, "*** MLMC complexity tests", star, ""]
+    comp = res.complexity
+    nl_cols = [c for c in comp.columns if c.startswith("N_")]
+    head = "   eps       value     mlmc_cost    mc_cost   savings  (Giles)  L"
+    if "rms_error" in comp:
+        head += "   rms_err"
+    out.append(head + "   N_l")
+    out.append("-" * (len(head) + 40))
+    for r in comp.to_dict("records"):
+        line = (f"{r['eps']:.3e} {r['value']:11.4e}  {r['mlmc_cost']:.3e}  {r['mc_cost']:.3e}  {r['savings']:7.2f}  "
+                f"{r['savings_giles']:7.2f} {r['L']:2d}")
+        if "rms_error" in r:
+            line += f"  {r['rms_error']:.2e}"
+        line += "  " + " ".join(f"{int(r[c]):9d}" for c in nl_cols if r[c] > 0)
+        out.append(line)
+    out += ["", f" cost ~ eps^s fitted over eps: MLMC s = {res.cost_slopes['mlmc']:.3f}, "
+                f"plain MC s = {res.cost_slopes['mc']:.3f}", ""]
+    out += [star, f"*** Seed 002: MSE of plain MC with {s['mse_paths']} paths = variance/N + bias^2", star, ""]
+    sd = res.seed002
+    exact = "bias_exact" in sd
+    head = " l      h       E[P_h]      V/N        bias_est   rmse_est"
+    if exact:
+        head += "   bias_exact (+- se)     rmse_exact"
+    out.append(head)
+    out.append("-" * len(head))
+    for r in sd.to_dict("records"):
+        line = (f"{r['l']:2d}  {r['h']:.3e}  {r['mean_P']:.5e}  {r['var_over_paths']:.3e}  {r['bias_est']:.3e}  "
+                f"{r['rmse_est']:.3e}")
+        if exact:
+            line += f"  {r['bias_exact']:+.3e} ({r['bias_exact_stderr']:.1e})  {r['rmse_exact']:.3e}"
+        out.append(line)
+    if res.warnings:
+        out += ["", "WARNINGS:"] + [f" - {w}" for w in res.warnings]
+    out += ["", "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items()), ""]
+    return "\n".join(out)
+
+
+def render(res: MLMCTestResult, console=None) -> None:
+    """Print the report as rich tables (laid out to fit 80 columns)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s = res.settings
+
+    def table(title, cols):
+        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        for col in cols:
+            t.add_column(col, justify="right", no_wrap=True)
+        return t
+
+    t = table(f"MLMC convergence test: N = {s['N']} per level, M = {s['M']}",
+              ("l", "ave(Pf-Pc)", "ave(Pf)", "var(Pf-Pc)", "var(Pf)", "kurt", "check", "cost", "time"))
+    for r in res.convergence.itertuples():
+        t.add_row(str(r.l), _g(r.mean_dP, ".3e"), _g(r.mean_P, ".5g"), _g(r.var_dP, ".2e"), _g(r.var_P, ".4g"),
+                  _g(r.kurtosis, ".1f"), _g(r.check, ".2f"), _g(r.cost, ".4g"), f"{r.time_s:.2f}s")
+    console.print(t)
+    q = res.rates
+    console.print(f"alpha = {q['alpha']:.3f}, beta = {q['beta']:.3f}, gamma = {q['gamma']:.3f} in h units "
+                  f"(levels 1..L); per level in log2: {q['alpha_log2']:.3f}, {q['beta_log2']:.3f}, "
+                  f"{q['gamma_log2']:.3f}", highlight=False)
+    comp = res.complexity
+    has_err = "rms_error" in comp
+    runs = s.get("repeats", 1)
+    cols = ["eps", "value", "MLMC cost", "MC cost", "savings", "L"]
+    if has_err:
+        cols += ["rms err" if runs > 1 else "error", "/eps"]
+    t = table("MLMC complexity test" + (f" ({runs} runs per eps)" if runs > 1 else ""), cols + ["time"])
+    for r in comp.to_dict("records"):
+        cells = [f"{r['eps']:g}", _g(r["value"], ".6g"), _g(r["mlmc_cost"], ".2e"), _g(r["mc_cost"], ".2e"),
+                 _g(r["savings"], ".1f"), str(r["L"])]
+        if has_err:
+            cells += [_g(r["rms_error"], ".2e"), _g(r["rms_over_eps"], ".2f")]
+        t.add_row(*cells, f"{r['time_s']:.2f}s")
+    console.print(t)
+    console.print(f"cost ~ eps^s: MLMC s = {res.cost_slopes['mlmc']:.3f}, plain MC s = {res.cost_slopes['mc']:.3f}; "
+                  f"MC cost: {s.get('mc_cost')} (with Giles' C_L the savings are "
+                  + ", ".join(f"{v:.1f}" for v in comp.savings_giles) + ")", highlight=False)
+    nl_cols = [c for c in comp.columns if c.startswith("N_")]
+    t = table("N_l: samples per level" + (" (mean over runs)" if runs > 1 else ""),
+              ["eps"] + [c.split("_")[1] for c in nl_cols])
+    for r in comp.to_dict("records"):
+        t.add_row(f"{r['eps']:g}", *(str(int(r[c])) if r[c] > 0 else "" for c in nl_cols))
+    console.print(t)
+    sd = res.seed002
+    exact = "bias_exact" in sd
+    cols = ["l", "E[P_h]", "V/N", "bias est", "rmse est"]
+    if exact:
+        cols += ["bias", "± se", "rmse"]
+    t = table(f"Seed 002: plain MC with {s['mse_paths']} paths on h = T/{s['M']}^l, MSE = V/N + bias^2"
+              + (" (est: bias from h vs h/M; bias, rmse: against the exact value)" if exact else ""), cols)
+    for r in sd.to_dict("records"):
+        cells = [str(r["l"]), _g(r["mean_P"], ".5g"), _g(r["var_over_paths"], ".2e"),
+                 _g(r["bias_est"], ".2e"), _g(r["rmse_est"], ".2e")]
+        if exact:
+            cells += [_g(r["bias_exact"], "+.2e"), _g(r["bias_exact_stderr"], ".1e"), _g(r["rmse_exact"], ".2e")]
+        t.add_row(*cells)
+    console.print(t)
+    for w in res.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def _atomic_savefig(fig, path: Path) -> None:
+    """Save through a temporary file in the same folder, then rename (like bench.report)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _figure(size):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, layout="constrained")
+
+
+def _title(res: MLMCTestResult) -> str:
+    s = res.settings
+    parts = [str(s[k]) for k in ("model", "product", "scheme") if s.get(k)]
+    return " · ".join(parts + [f"M = {s['M']}"])
+
+
+def plot_cost(res: MLMCTestResult, path: Path) -> None:
+    """Log-log cost against eps for MLMC and plain MC (fitted slopes in the legend),
+    with eps^2 x cost beside it (flat means O(eps^-2))."""
+    comp = res.complexity
+    fig = _figure((10.0, 4.2))
+    ax, bx = fig.subplots(1, 2)
+    e = comp.eps.to_numpy()
+    ax.loglog(e, comp.mc_cost, "s--", label=f"plain MC (slope {res.cost_slopes['mc']:.2f})")
+    ax.loglog(e, comp.mlmc_cost, "o-", label=f"MLMC (slope {res.cost_slopes['mlmc']:.2f})")
+    ax.set_xlabel("eps (target RMS error)")
+    ax.set_ylabel("cost (path steps)")
+    ax.set_title(f"cost against accuracy: {_title(res)}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    bx.loglog(e, comp.mc_cost * e ** 2, "s--", label="plain MC")
+    bx.loglog(e, comp.mlmc_cost * e ** 2, "o-", label="MLMC")
+    bx.set_xlabel("eps")
+    bx.set_ylabel("eps^2 x cost")
+    bx.grid(True, which="both", alpha=0.3)
+    bx.legend(fontsize=8)
+    _atomic_savefig(fig, path)
+
+
+def plot_levels(res: MLMCTestResult, path: Path) -> None:
+    """Giles' convergence panels: log_M variance and |mean| per level, and N_l per eps."""
+    conv = res.convergence
+    M = res.settings["M"]
+    fig = _figure((12.0, 3.8))
+    ax, bx, cx = fig.subplots(1, 3)
+    lm = math.log(M)
+    with np.errstate(divide="ignore"):
+        ax.plot(conv.l, np.log(conv.var_P) / lm, "s--", label="P_l")
+        ax.plot(conv.l[1:], np.log(conv.var_dP[1:]) / lm, "o-", label="P_l - P_{l-1}")
+        bx.plot(conv.l, np.log(np.abs(conv.mean_P)) / lm, "s--", label="P_l")
+        bx.plot(conv.l[1:], np.log(np.abs(conv.mean_dP[1:])) / lm, "o-", label="P_l - P_{l-1}")
+    q = res.rates
+    ax.set_title(f"variance (beta = {q['beta']:.2f})", fontsize=9)
+    bx.set_title(f"mean (alpha = {q['alpha']:.2f})", fontsize=9)
+    for x, lab in ((ax, f"log_{M} variance"), (bx, f"log_{M} |mean|")):
+        x.set_xlabel("level l")
+        x.set_ylabel(lab)
+        x.grid(True, alpha=0.3)
+        x.legend(fontsize=8)
+    comp = res.complexity
+    for r in comp.to_dict("records"):
+        n = [r[c] for c in comp.columns if c.startswith("N_") and r[c] > 0]
+        cx.semilogy(range(len(n)), n, "o-", label=f"eps = {r['eps']:g}")
+    cx.set_xlabel("level l")
+    cx.set_ylabel("N_l")
+    cx.set_title(_title(res), fontsize=9)
+    cx.grid(True, which="both", alpha=0.3)
+    cx.legend(fontsize=7)
+    _atomic_savefig(fig, path)
+
+
+CONVERGENCE_CSV = "convergence.csv"
+COMPLEXITY_CSV = "complexity.csv"
+SEED002_CSV = "seed002_mse.csv"
+REPORT_TXT = "report.txt"
+SUMMARY_JSON = "summary.json"
+COST_PNG = "cost_vs_eps.png"
+LEVELS_PNG = "levels.png"
+
+
+def write_report(res: MLMCTestResult, out_dir: str | Path) -> list[Path]:
+    """Write the CSVs, the text report, a JSON summary and the two plots into
+    ``out_dir``, each atomically; returns the paths."""
+    from bench import report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, frame in ((CONVERGENCE_CSV, res.convergence), (COMPLEXITY_CSV, res.complexity),
+                        (SEED002_CSV, res.seed002)):
+        report._atomic_write(out / name, lambda fh, f=frame: f.to_csv(fh, index=False, float_format="%.9g"))
+        paths.append(out / name)
+    report._atomic_write(out / REPORT_TXT, lambda fh: fh.write(report_text(res)))
+    paths.append(out / REPORT_TXT)
+    report.write_json(out / SUMMARY_JSON, {"settings": res.settings, "rates": res.rates,
+                                           "cost_slopes": res.cost_slopes, "warnings": res.warnings,
+                                           "timings": res.timings})
+    paths.append(out / SUMMARY_JSON)
+    plot_cost(res, out / COST_PNG)
+    plot_levels(res, out / LEVELS_PNG)
+    paths += [out / COST_PNG, out / LEVELS_PNG]
+    return paths

@@ -1,0 +1,369 @@
+"""Numba level estimators for multilevel Monte Carlo (the ``mlmc`` pricer).
+
+One call of :func:`level_sums` computes, for every entry of a batch that asks
+for samples on level ``l``, the sums over its N samples of
+
+    Y = P_f - P_c,  Y^2,  Y^3,  Y^4,  P_f,  P_f^2
+
+where P_f is the payoff of a path with M^l steps of h_l = T / M^l and P_c
+the payoff of the coarse path with M^(l-1) steps of M h_l driven by the same
+Brownian motion (each coarse increment is the sum of the M fine increments
+inside it). On level 0 there is only the fine path, one step, and P_c = 0.
+
+Schemes (all payoffs discounted; ``sign`` = +1 call, -1 put):
+
+- ``black_scholes``: on S. Euler  S <- S (1 + (r-q) h + sigma dW);
+  Milstein  S <- S (1 + (r-q) h + sigma dW + sigma^2 (dW^2 - h) / 2).
+- ``heston``: full-truncation Euler (Lord, Koekkoek & van Dijk 2010) on
+  x = ln S, with v+ = max(v, 0):
+  x <- x + (r - q - v+/2) h + sqrt(v+) dW1,  v <- v + kappa (theta - v+) h + xi sqrt(v+) dW2,
+  dW2 = rho dW1 + sqrt(1 - rho^2) dZ (two normals per fine step; the coarse
+  path sums both increments).
+- ``cev``: Euler on S, S <- S + (r-q) S h + sigma S^beta dW, absorbed at 0
+  (a path that reaches S <= 0 stays at 0, as in the model).
+- ``sinh_lv``: Euler on S, S <- S + r S h + sqrt(2 r S^2 + lam^2) dW (no boundary).
+- ``black_karasinski``: Euler on x = ln r,
+  x <- x + alpha (ln mu(t + h) - x) h + sigma dW with mu(t) = mu + mu_sin sin t
+  taken at the step's end (so ln mu(0) = -inf, when mu = 0, is never needed),
+  int_0^T r dt by the trapezoid rule on the path's own grid, payoff
+  exp(-int r dt) (the zero-coupon bond).
+
+Random numbers (reproducible whatever the thread count): the samples of one
+batch entry on one level are cut into blocks of :data:`BLOCK`; block j of a
+call draws from ``_rng.stream(seed, key * 64 + l, block0 + j)``, where ``key``
+identifies the batch entry (its option or replica index) and ``block0`` is
+the number of blocks that entry already used on that level (the caller keeps
+that count, so samples added in a later iteration of the adaptive algorithm
+never repeat earlier draws). Threads take whole blocks (``prange``); each
+block writes its partial sums to its own row and the rows are added in a
+fixed order afterwards, so the sums are bit-identical with any number of
+threads.
+
+The per-model block functions take only scalars and the random state (a
+4-tuple of uint64 in registers) in their hot loops; the state never lives in
+an array.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from pricebench_plugins.pricers import _rng
+
+BLOCK = 512  # samples per random stream; fixed: changing it changes every result
+MAX_LEVEL = 63  # streams are keyed by key * 64 + level
+
+MODELS = ("black_scholes", "heston", "cev", "sinh_lv", "black_karasinski")
+SCHEMES = ("euler", "milstein")
+# parameter columns of the (rows, k) parameter array, per model
+COLUMNS = {
+    "black_scholes": ("S", "K", "T", "r", "q", "sigma"),
+    "heston": ("S", "K", "T", "r", "q", "v0", "kappa", "theta", "xi", "rho"),
+    "cev": ("S", "K", "T", "r", "q", "sigma", "beta"),
+    "sinh_lv": ("S", "K", "T", "r", "lam"),
+    "black_karasinski": ("r0", "alpha", "sigma", "mu", "mu_sin", "T"),
+}
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_jit
+def _bs_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
+    nc = M ** (l - 1) if l > 0 else 1
+    mf = M if l > 0 else 1
+    hf = T / (nc * mf)
+    hc = hf * mf
+    sqh = math.sqrt(hf)
+    mu = r - q
+    half_s2 = 0.5 * sigma * sigma
+    disc = math.exp(-r * T)
+    s1 = s2 = s3 = s4 = s5 = s6 = 0.0
+    for _ in range(n):
+        Sf = S0
+        Sc = S0
+        for _c in range(nc):
+            dwc = 0.0
+            for _m in range(mf):
+                st, z = _rng.normal(st)
+                dw = sqh * z
+                dwc += dw
+                if milstein:
+                    Sf = Sf * (1.0 + mu * hf + sigma * dw + half_s2 * (dw * dw - hf))
+                else:
+                    Sf = Sf * (1.0 + mu * hf + sigma * dw)
+            if milstein:
+                Sc = Sc * (1.0 + mu * hc + sigma * dwc + half_s2 * (dwc * dwc - hc))
+            else:
+                Sc = Sc * (1.0 + mu * hc + sigma * dwc)
+        pf = disc * max(sign * (Sf - K), 0.0)
+        pc = disc * max(sign * (Sc - K), 0.0) if l > 0 else 0.0
+        y = pf - pc
+        y2 = y * y
+        s1 += y
+        s2 += y2
+        s3 += y2 * y
+        s4 += y2 * y2
+        s5 += pf
+        s6 += pf * pf
+    return st, s1, s2, s3, s4, s5, s6
+
+
+@_jit
+def _heston_block(st, n, l, M, sign, S0, K, T, r, q, v0, kappa, theta, xi, rho):
+    nc = M ** (l - 1) if l > 0 else 1
+    mf = M if l > 0 else 1
+    hf = T / (nc * mf)
+    hc = hf * mf
+    sqh = math.sqrt(hf)
+    mu = r - q
+    rho_c = math.sqrt(max(1.0 - rho * rho, 0.0))
+    disc = math.exp(-r * T)
+    x0 = math.log(S0)
+    s1 = s2 = s3 = s4 = s5 = s6 = 0.0
+    for _ in range(n):
+        xf = x0
+        vf = v0
+        xc = x0
+        vc = v0
+        for _c in range(nc):
+            dw1c = 0.0
+            dw2c = 0.0
+            for _m in range(mf):
+                st, z1 = _rng.normal(st)
+                st, z2 = _rng.normal(st)
+                dw1 = sqh * z1
+                dw2 = sqh * (rho * z1 + rho_c * z2)
+                dw1c += dw1
+                dw2c += dw2
+                vp = max(vf, 0.0)
+                sv = math.sqrt(vp)
+                xf += (mu - 0.5 * vp) * hf + sv * dw1
+                vf += kappa * (theta - vp) * hf + xi * sv * dw2
+            vp = max(vc, 0.0)
+            sv = math.sqrt(vp)
+            xc += (mu - 0.5 * vp) * hc + sv * dw1c
+            vc += kappa * (theta - vp) * hc + xi * sv * dw2c
+        pf = disc * max(sign * (math.exp(xf) - K), 0.0)
+        pc = disc * max(sign * (math.exp(xc) - K), 0.0) if l > 0 else 0.0
+        y = pf - pc
+        y2 = y * y
+        s1 += y
+        s2 += y2
+        s3 += y2 * y
+        s4 += y2 * y2
+        s5 += pf
+        s6 += pf * pf
+    return st, s1, s2, s3, s4, s5, s6
+
+
+@_jit
+def _cev_step(S, mu, sigma, beta, h, dw):
+    """One Euler step of the CEV model for S > 0; the result is floored at 0 (absorption)."""
+    S = S + mu * S * h + sigma * math.exp(beta * math.log(S)) * dw
+    return S if S > 0.0 else 0.0
+
+
+@_jit
+def _cev_block(st, n, l, M, sign, S0, K, T, r, q, sigma, beta):
+    nc = M ** (l - 1) if l > 0 else 1
+    mf = M if l > 0 else 1
+    hf = T / (nc * mf)
+    hc = hf * mf
+    sqh = math.sqrt(hf)
+    mu = r - q
+    disc = math.exp(-r * T)
+    s1 = s2 = s3 = s4 = s5 = s6 = 0.0
+    for _ in range(n):
+        Sf = S0
+        Sc = S0
+        for _c in range(nc):
+            dwc = 0.0
+            for _m in range(mf):
+                st, z = _rng.normal(st)
+                dw = sqh * z
+                dwc += dw
+                if Sf > 0.0:  # 0 absorbs: with beta = 0 the diffusion would not vanish there
+                    Sf = _cev_step(Sf, mu, sigma, beta, hf, dw)
+            if Sc > 0.0:
+                Sc = _cev_step(Sc, mu, sigma, beta, hc, dwc)
+        pf = disc * max(sign * (Sf - K), 0.0)
+        pc = disc * max(sign * (Sc - K), 0.0) if l > 0 else 0.0
+        y = pf - pc
+        y2 = y * y
+        s1 += y
+        s2 += y2
+        s3 += y2 * y
+        s4 += y2 * y2
+        s5 += pf
+        s6 += pf * pf
+    return st, s1, s2, s3, s4, s5, s6
+
+
+@_jit
+def _sinh_block(st, n, l, M, sign, S0, K, T, r, lam):
+    nc = M ** (l - 1) if l > 0 else 1
+    mf = M if l > 0 else 1
+    hf = T / (nc * mf)
+    hc = hf * mf
+    sqh = math.sqrt(hf)
+    lam2 = lam * lam
+    disc = math.exp(-r * T)
+    s1 = s2 = s3 = s4 = s5 = s6 = 0.0
+    for _ in range(n):
+        Sf = S0
+        Sc = S0
+        for _c in range(nc):
+            dwc = 0.0
+            for _m in range(mf):
+                st, z = _rng.normal(st)
+                dw = sqh * z
+                dwc += dw
+                Sf = Sf + r * Sf * hf + math.sqrt(2.0 * r * Sf * Sf + lam2) * dw
+            Sc = Sc + r * Sc * hc + math.sqrt(2.0 * r * Sc * Sc + lam2) * dwc
+        pf = disc * max(sign * (Sf - K), 0.0)
+        pc = disc * max(sign * (Sc - K), 0.0) if l > 0 else 0.0
+        y = pf - pc
+        y2 = y * y
+        s1 += y
+        s2 += y2
+        s3 += y2 * y
+        s4 += y2 * y2
+        s5 += pf
+        s6 += pf * pf
+    return st, s1, s2, s3, s4, s5, s6
+
+
+@_jit
+def _bk_block(st, n, l, M, r0, alpha, sigma, T, lnmu):
+    """``lnmu[k]`` = ln mu(t_{k+1}) at the fine grid's step ends (called once per block)."""
+    nc = M ** (l - 1) if l > 0 else 1
+    mf = M if l > 0 else 1
+    hf = T / (nc * mf)
+    hc = hf * mf
+    sqh = math.sqrt(hf)
+    x0 = math.log(r0)
+    ah = alpha * hf
+    ahc = alpha * hc
+    s1 = s2 = s3 = s4 = s5 = s6 = 0.0
+    for _ in range(n):
+        xf = x0
+        rf = r0
+        intf = 0.0
+        xc = x0
+        rc = r0
+        intc = 0.0
+        k = 0
+        for _c in range(nc):
+            dwc = 0.0
+            for _m in range(mf):
+                st, z = _rng.normal(st)
+                dw = sqh * z
+                dwc += dw
+                xf += ah * (lnmu[k] - xf) + sigma * dw
+                rnew = math.exp(xf)
+                intf += rf + rnew
+                rf = rnew
+                k += 1
+            xc += ahc * (lnmu[k - 1] - xc) + sigma * dwc
+            rnew = math.exp(xc)
+            intc += rc + rnew
+            rc = rnew
+        pf = math.exp(-0.5 * hf * intf)
+        pc = math.exp(-0.5 * hc * intc) if l > 0 else 0.0
+        y = pf - pc
+        y2 = y * y
+        s1 += y
+        s2 += y2
+        s3 += y2 * y
+        s4 += y2 * y2
+        s5 += pf
+        s6 += pf * pf
+    return st, s1, s2, s3, s4, s5, s6
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
+    """Sums over ``N[b]`` samples of level ``l`` for every batch entry b (``out[b, :6]``).
+
+    model: index into :data:`MODELS`; scheme: index into :data:`SCHEMES`;
+    sign: +1 call, -1 put; P: (rows, k) float64 parameters (columns
+    :data:`COLUMNS`); rows[b]: the parameter row of entry b; keys[b]: its
+    stream key; block0[b]: blocks it already used on this level. Entries with
+    N[b] = 0 get zeros.
+    """
+    B = N.shape[0]
+    nblocks = np.empty(B, np.int64)
+    total = 0
+    for b in range(B):
+        nb = (N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0
+        nblocks[b] = nb
+        total += nb
+    entry = np.empty(total, np.int64)
+    local = np.empty(total, np.int64)
+    w = 0
+    for b in range(B):
+        for j in range(nblocks[b]):
+            entry[w] = b
+            local[w] = j
+            w += 1
+    part = np.empty((total, 6))
+    milstein = scheme == 1
+    for w in numba.prange(total):
+        b = entry[w]
+        j = local[w]
+        n = min(BLOCK, N[b] - j * BLOCK)
+        st = _rng.stream(seed, keys[b] * 64 + l, block0[b] + j)
+        i = rows[b]
+        if model == 0:
+            res = _bs_block(st, n, l, M, milstein, sign, P[i, 0], P[i, 1], P[i, 2], P[i, 3], P[i, 4], P[i, 5])
+        elif model == 1:
+            res = _heston_block(st, n, l, M, sign, P[i, 0], P[i, 1], P[i, 2], P[i, 3], P[i, 4], P[i, 5],
+                                P[i, 6], P[i, 7], P[i, 8], P[i, 9])
+        elif model == 2:
+            res = _cev_block(st, n, l, M, sign, P[i, 0], P[i, 1], P[i, 2], P[i, 3], P[i, 4], P[i, 5], P[i, 6])
+        elif model == 3:
+            res = _sinh_block(st, n, l, M, sign, P[i, 0], P[i, 1], P[i, 2], P[i, 3], P[i, 4])
+        else:
+            r0 = P[i, 0]
+            alpha = P[i, 1]
+            sig = P[i, 2]
+            mu = P[i, 3]
+            amp = P[i, 4]
+            T = P[i, 5]
+            nf = M ** l
+            hf = T / nf
+            lnmu = np.empty(nf)
+            for k in range(nf):
+                lnmu[k] = math.log(mu + amp * math.sin((k + 1) * hf))
+            res = _bk_block(st, n, l, M, r0, alpha, sig, T, lnmu)
+        part[w, 0] = res[1]
+        part[w, 1] = res[2]
+        part[w, 2] = res[3]
+        part[w, 3] = res[4]
+        part[w, 4] = res[5]
+        part[w, 5] = res[6]
+    # fixed-order reduction: the same sums whichever thread ran which block
+    for b in range(B):
+        for k in range(6):
+            out[b, k] = 0.0
+    for w in range(total):
+        b = entry[w]
+        for k in range(6):
+            out[b, k] += part[w, k]
+    return out
+
+
+def blocks_used(N):
+    """Blocks (streams) that N samples take: what the caller adds to ``block0`` after a call."""
+    N = np.asarray(N, dtype=np.int64)
+    return (N + BLOCK - 1) // BLOCK
+
+
+def warm_up():
+    """Compile :func:`level_sums` (and its block functions) on the types the pricer passes."""
+    one = np.zeros(1, np.int64)
+    level_sums(0, 0, 1.0, 1, 2, np.ones((1, 6)), one, one, np.array([2], np.int64), one, np.uint64(0),
+               np.empty((1, 6)))

@@ -1,0 +1,322 @@
+"""Multilevel Monte Carlo: the level estimators, Giles' adaptive algorithm,
+the ``mlmc`` pricer against reference prices, and ``pricebench mlmc-test``."""
+
+import json
+import math
+
+import numba
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import bench
+from bench import cli, multilevel
+from bench.plugins import get_registry
+
+GBM = dict(S=100.0, K=100.0, T=1.0, r=0.05, sigma=0.2)
+GBM_EXACT = 10.450583572185567
+
+
+def pricer(**settings):
+    return get_registry().get("pricer", "mlmc")(**settings)
+
+
+def levels(model="black_scholes", product="european_call", params=GBM, seed=0, **settings):
+    return pricer(**settings).level_function(model, product, params, seed=seed)
+
+
+def run_pricer(model, product, params, **settings):
+    """(prices, stderrs, MLMCResult) of the mlmc pricer on a batch."""
+    p = pricer(**settings)
+    mdl = get_registry().model(model)
+    inputs = p.prepare(mdl, product, mdl.validate(params))
+    res = p.price(inputs)
+    return np.asarray(res.price), np.asarray(res.stderr), p.result_
+
+
+@pytest.fixture
+def threads():
+    """Set numba's thread count inside a test, restored afterwards."""
+    before = numba.get_num_threads()
+    yield numba.set_num_threads
+    numba.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- level estimators
+
+
+def test_level_sums_bit_identical_with_1_and_2_threads(threads):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here")
+    cases = [
+        ("black_scholes", "european_call", GBM, "milstein"),
+        ("heston", "european_put", dict(S=100, K=100, T=1, r=0.01, v0=0.04, kappa=1.5, theta=0.04, xi=0.5,
+                                        rho=-0.7), "euler"),
+        ("cev", "european_call", dict(S=100, K=100, T=1, r=0.05, sigma=2.0, beta=0.5), "euler"),
+        ("sinh_lv", "european_put", dict(S=100, K=100, T=1, r=0.05, lam=20.0), "euler"),
+        ("black_karasinski", "zero_coupon_bond", dict(r0=1.0, alpha=1.0, sigma=0.5, mu=0.0, mu_sin=1.0, T=1.0),
+         "euler"),
+    ]
+    for model, product, params, scheme in cases:
+        out = []
+        for n in (1, 2):
+            threads(n)
+            fn = levels(model, product, params, seed=7, scheme=scheme)
+            # a batch of 3 replicas, several blocks each, two calls (the second from fresh streams)
+            runs = [fn(l, np.array([5000, 0, 3000])) for l in (0, 2, 2)]
+            out.append(np.concatenate([s.ravel() for s, _ in runs]))
+        assert np.array_equal(out[0], out[1]), model
+
+
+def test_mlmc_price_bit_identical_with_1_and_2_threads(threads):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here")
+    got = []
+    for n in (1, 2):
+        threads(n)
+        got.append(run_pricer("black_scholes", "european_put", dict(GBM, K=[90.0, 100.0, 110.0]), eps=0.05,
+                              N0=2000, seed=3)[:2])
+    assert np.array_equal(got[0][0], got[1][0]) and np.array_equal(got[0][1], got[1][1])
+
+
+def test_seed_reproduces_and_new_samples_are_fresh():
+    a = levels(seed=1)
+    s1, c1 = a(3, np.array([4000]))
+    s2, _ = a(3, np.array([4000]))  # later samples on the same level: fresh streams
+    assert not np.array_equal(s1, s2)
+    b = levels(seed=1)
+    assert np.array_equal(b(3, np.array([4000]))[0], s1)  # same seed, same first draws
+    assert not np.array_equal(levels(seed=2)(3, np.array([4000]))[0], s1)
+    assert c1[0] == 4000 * (4 ** 3 + 4 ** 2)  # cost: fine + coarse path steps
+    # batch entries are independent replicas
+    s, _ = levels(seed=1)(3, np.array([4000, 4000]))
+    assert np.array_equal(s[0], s1[0]) and not np.array_equal(s[1], s1[0])
+
+
+def test_level_0_euler_matches_one_step_closed_form():
+    """Level 0 with Euler is one step: S_T = S (1 + r T + sigma sqrt(T) Z), a normal law."""
+    N = 400_000
+    sums, _ = levels(scheme="euler", M=4)(0, np.array([N]))
+    mean = sums[0, 4] / N
+    se = math.sqrt((sums[0, 5] / N - mean ** 2) / N)
+    m, s = 100.0 * 1.05, 100.0 * 0.2
+    d = (m - 100.0) / s
+    exact = math.exp(-0.05) * ((m - 100.0) * stats.norm.cdf(d) + s * stats.norm.pdf(d))
+    assert abs(mean - exact) < 4 * se
+    assert sums[0, 0] == sums[0, 4]  # Y = P_f on level 0
+
+
+@pytest.mark.parametrize("scheme", ["euler", "milstein"])
+def test_telescoping_consistency(scheme):
+    """E[P_l^f] - E[P_{l-1}^f] agrees with E[Y_l] (each from independent samples)."""
+    fn = levels(scheme=scheme, M=2)
+    N = 100_000
+    for l in (1, 3):
+        prev, _ = fn(l - 1, np.array([N]))
+        cur, _ = fn(l, np.array([N]))
+        a, b, c = prev[0, 4] / N, cur[0, 4] / N, cur[0, 0] / N
+        va = prev[0, 5] / N - a * a
+        vb = cur[0, 5] / N - b * b
+        vc = cur[0, 1] / N - c * c
+        assert abs(a - b + c) < 4 * math.sqrt((va + vb + vc) / N)
+
+
+def test_variance_rates_milstein_2_euler_1():
+    """beta (h units) fitted over levels 1..5 with M = 2: about 2 for Milstein, 1 for Euler."""
+    for scheme, target in (("milstein", 2.0), ("euler", 1.0)):
+        fn = levels(scheme=scheme, M=2)
+        var = []
+        for l in range(1, 6):
+            s, _ = fn(l, np.array([20_000]))
+            var.append(s[0, 1] / 20_000 - (s[0, 0] / 20_000) ** 2)
+        slope, _ = multilevel.fit_rate(var, 2, range(1, 6))
+        assert abs(-slope - target) < (0.4 if scheme == "milstein" else 0.25), (scheme, -slope)
+
+
+# --------------------------------------------------------------------------- the adaptive algorithm
+
+
+def synthetic(c=2.0, M=2, sd=1.0, seed=0):
+    """P_l = 1 + c M^-l + noise: E[Y_l] = c M^-l (1 - M) for l >= 1, exact value 1, weak order 1."""
+    rng = np.random.default_rng(seed)
+
+    def fn(l, N):
+        mean = 1.0 + c if l == 0 else c * (M ** -l - M ** -(l - 1))
+        sdev = sd if l == 0 else sd * M ** -l
+        y = mean + sdev * rng.standard_normal(N)
+        pf = y if l == 0 else 1.0 + c * M ** -l + y - mean
+        return [y.sum(), (y ** 2).sum(), (y ** 3).sum(), (y ** 4).sum(), pf.sum(), (pf ** 2).sum()], N * M ** l
+
+    return multilevel.scalar_level(fn)
+
+
+def test_adaptive_levels_follow_the_bias_estimate():
+    eps = 0.01
+    res = multilevel.mlmc(synthetic(), eps, M=2, N0=500, Lmin=2, Lmax=12)
+    L = int(res.L[0])
+    # remaining bias c M^-L; Giles' estimate |E Y_L| / (M^alpha - 1) equals it for alpha = 1
+    assert 2.0 * 2.0 ** -L <= eps / math.sqrt(2) < 2.0 * 2.0 ** -(L - 1)
+    assert res.bias[0] == pytest.approx(2.0 * 2.0 ** -L, rel=0.2)
+    assert res.alpha[0] == pytest.approx(1.0, abs=0.1)
+    assert res.stderr[0] <= eps / math.sqrt(2) * 1.02
+    assert abs(res.price[0] - 1.0) < 2 * eps
+    assert res.converged[0] and not res.lmax_hit[0]
+    assert res.cost[0] == pytest.approx(np.nansum(res.Nl[0] * res.Cl[0]))
+
+
+def test_lmax_hit_is_flagged_and_warned():
+    with pytest.warns(multilevel.MLMCWarning, match="Lmax"):
+        res = multilevel.mlmc(synthetic(sd=0.05), 0.001, M=2, N0=200, Lmin=2, Lmax=3)
+    assert res.lmax_hit[0] and not res.converged[0] and int(res.L[0]) == 3
+    assert np.isfinite(res.price[0])
+
+
+def test_batch_runs_entries_independently_with_per_entry_eps():
+    res = multilevel.mlmc(levels(scheme="euler"), [0.2, 0.05], M=4, N0=500)
+    assert res.price.shape == (2,) and res.L[0] <= res.L[1]
+    assert res.cost[0] < res.cost[1]
+    assert np.all(np.abs(res.price - GBM_EXACT) < 3 * np.array([0.2, 0.05]))
+
+
+def test_driver_rejects_bad_arguments():
+    fn = synthetic()
+    for kwargs, word in ((dict(eps=0.0), "eps"), (dict(eps=0.1, M=1), "M"), (dict(eps=0.1, Lmin=1), "Lmin"),
+                         (dict(eps=0.1, Lmax=1), "Lmax"), (dict(eps=0.1, alpha=-1.0), "alpha"),
+                         (dict(eps=0.1, theta=1.0), "theta")):
+        with pytest.raises(ValueError, match=word):
+            multilevel.mlmc(fn, **kwargs)
+
+
+def test_gbm_call_meets_eps_against_exact_price():
+    eps = 0.05
+    res = multilevel.mlmc(levels(M=4, seed=11), eps, M=4, N0=1000, batch=6)  # 6 independent runs
+    err = res.price - GBM_EXACT
+    assert math.sqrt(np.mean(err ** 2)) <= 1.5 * eps
+    assert np.all(np.abs(err) <= 2.5 * eps)
+    assert np.all(res.stderr <= eps / math.sqrt(2) * 1.02)
+    assert np.all(res.bias <= eps / math.sqrt(2))
+
+
+def test_non_finite_samples_give_nan_with_a_reason():
+    def fn(l, N):
+        return [math.nan] * 6, float(N)
+
+    with pytest.warns(multilevel.MLMCWarning):
+        res = multilevel.mlmc(multilevel.scalar_level(fn), 0.1, M=2, N0=10)
+    assert math.isnan(res.price[0]) and "non-finite" in res.reason[0]
+
+
+# --------------------------------------------------------------------------- the pricer
+
+
+@pytest.mark.parametrize("model,product,params,ref,eps", [
+    ("black_scholes", "european_put", dict(GBM, K=[90.0, 110.0], q=0.02), "closed_form", 0.05),
+    ("heston", "european_call", dict(S=100.0, K=[90.0, 110.0], T=1.0, r=0.02, v0=0.04, kappa=1.5, theta=0.04,
+                                      xi=0.5, rho=-0.7), "heston_integration", 0.08),
+    ("cev", "european_call", dict(S=100.0, K=[100.0], T=1.0, r=0.05, sigma=2.0, beta=0.5), "closed_form", 0.05),
+    ("cev", "european_put", dict(S=100.0, K=[100.0], T=1.0, r=0.05, sigma=30.0, beta=0.0), "closed_form", 0.05),
+    ("sinh_lv", "european_call", dict(S=100.0, K=[95.0, 105.0], T=1.0, r=0.05, lam=20.0), "closed_form", 0.05),
+    ("black_karasinski", "zero_coupon_bond", dict(r0=[0.05, 0.03], alpha=[1.0, 0.1], sigma=[0.2, 0.5], mu=0.05,
+                                                  T=1.0), "fd", 5e-4),
+    ("black_karasinski", "zero_coupon_bond", dict(r0=1.0, alpha=1.0, sigma=0.5, mu=0.0, mu_sin=1.0, T=1.0), "fd",
+     5e-4),
+])
+def test_pricer_matches_reference(model, product, params, ref, eps):
+    price, se, res = run_pricer(model, product, params, eps=eps, N0=2000, seed=5)
+    expect = bench.price(ref, model=model, product=product, **params)
+    assert np.all(np.abs(price - expect) <= 4 * se + eps), (price, expect, se)
+    assert res.converged.all()
+
+
+def test_bench_price_api_and_seed():
+    a = bench.price("mlmc", model="black_scholes", product="european_call", eps=0.1, N0=1000, **GBM)
+    b = bench.price("mlmc", model="black_scholes", product="european_call", eps=0.1, N0=1000, seed=0, **GBM)
+    c = bench.price("mlmc", model="black_scholes", product="european_call", eps=0.1, N0=1000, seed=1, **GBM)
+    assert a.shape == () and a == b and a != c
+    assert abs(a - GBM_EXACT) < 0.3
+
+
+def test_pricer_settings_are_checked():
+    mdl = get_registry().model("heston")
+    params = mdl.validate(dict(S=100, K=100, T=1, v0=0.04, kappa=1, theta=0.04, xi=0.3, rho=-0.5))
+    with pytest.raises(ValueError, match="scheme"):
+        pricer(scheme="milstein").prepare(mdl, "european_call", params)
+    with pytest.raises(ValueError, match="Lmax"):
+        pricer(Lmin=5, Lmax=3).prepare(mdl, "european_call", params)
+    with pytest.raises(ValueError, match="eps"):
+        pricer(eps=0.0)
+    with pytest.raises(ValueError, match="scheme"):
+        pricer(scheme="rk4")
+    assert pricer().resolved_scheme("black_scholes") == "milstein"
+    assert pricer().resolved_scheme("cev") == "euler"
+
+
+# --------------------------------------------------------------------------- mlmc_test and the CLI
+
+
+def test_mlmc_test_report_gbm():
+    res = multilevel.mlmc_test(levels(scheme="euler", M=2), 2, 20_000, 5, 500, [0.2, 0.1, 0.05], exact=GBM_EXACT,
+                               repeats=2)
+    conv = res.convergence
+    assert list(conv.l) == list(range(6)) and (conv.check < 1.5).all()
+    assert abs(res.rates["beta"] - 1.0) < 0.3 and res.rates["gamma"] == pytest.approx(1.0)
+    comp = res.complexity
+    assert (comp.savings > 1).all() and {"rms_error", "N_0", "mc_cost"} <= set(comp.columns)
+    assert res.cost_slopes["mc"] < res.cost_slopes["mlmc"] < -1.5
+    sd = res.seed002
+    assert len(sd) == 5 and {"bias_est", "bias_exact", "mse_est", "mse_exact"} <= set(sd.columns)
+    text = multilevel.report_text(res)
+    assert "alpha" in text and "savings" in text and "Seed 002" in text
+
+
+def test_cli_mlmc_test_writes_files(tmp_path, capsys, restore_registry):
+    out = tmp_path / "mt"
+    code = cli.main(["mlmc-test", "--N", "2000", "--L", "3", "--N0", "200", "--eps", "0.2,0.1", "--repeats", "2",
+                     "--out", str(out), "--threads", "1"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "convergence" in text and "complexity" in text and "wrote" in text
+    for name in ("convergence.csv", "complexity.csv", "seed002_mse.csv", "report.txt", "summary.json",
+                 "cost_vs_eps.png", "levels.png"):
+        assert (out / name).is_file(), name
+    comp = pd.read_csv(out / "complexity.csv")
+    assert list(comp.eps) == [0.2, 0.1] and "rms_error" in comp
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["scheme"] == "milstein" and summary["settings"]["exact"] == pytest.approx(GBM_EXACT)
+    assert (out / "cost_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_mlmc_test_other_model(tmp_path, capsys, restore_registry):
+    out = tmp_path / "bk"
+    code = cli.main(["mlmc-test", "--model", "black_karasinski", "--param", "sigma=0.3", "--N", "2000", "--L", "2",
+                     "--N0", "200", "--eps", "0.002", "--refit", "--out", str(out)])
+    assert code == 0
+    settings = json.loads((out / "summary.json").read_text())["settings"]
+    assert settings["params"]["sigma"] == 0.3 and settings["exact_source"] == "fd" and settings["scheme"] == "euler"
+    assert settings["refit"] and settings["alpha_used"] is None
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--param", "S=abc"], "S"),
+    (["--param", "S"], "NAME=VALUE"),
+    (["--param", "nope=1"], "nope"),
+    (["--param", "sigma=-1"], "sigma"),
+    (["--eps", "0.1,-1"], "eps"),
+    (["--model", "nope"], "nope"),
+    (["--model", "heston", "--scheme", "milstein"], "scheme"),
+    (["--product", "american_put"], "american_put"),
+    (["--Lmin", "5", "--Lmax", "3"], "Lmax"),
+])
+def test_cli_mlmc_test_bad_input_exits_2(tmp_path, capsys, restore_registry, args, word):
+    out = tmp_path / "x"
+    assert cli.main(["mlmc-test", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and word in err
+    assert not out.exists()
+
+
+def test_cli_mlmc_test_bad_option_value_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["mlmc-test", "--M", "1"])
+    assert exc.value.code == 2
