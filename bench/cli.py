@@ -44,6 +44,16 @@ def _count(minimum: int):
     return parse
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pricebench",
@@ -83,9 +93,16 @@ def _parser() -> argparse.ArgumentParser:
         "mlmc-test", parents=[common], help="Giles' multilevel Monte Carlo test: rates, savings over plain MC",
         description="Giles' mlmc_test for the mlmc pricer's level estimators: a convergence test on levels 0..L "
                     "(means, variances, kurtosis, consistency, fitted alpha/beta/gamma), a complexity test per eps "
-                    "(MLMC cost against plain MC's, N_l) and seed 002's MSE analysis; tables on the console, CSV "
-                    "files, report.txt and PNG plots in --out. Defaults: Giles' GBM call (black_scholes, S=K=100, "
-                    "T=1, r=0.05, sigma=0.2; other models have default parameters too).")
+                    "(MLMC cost against two plain-MC costs: 'MC cost (level L)' on the finest MLMC level, Giles' "
+                    "convention, and 'MC cost (optimal h)' with the optimal number of steps n = ceil(T/h*), "
+                    "c h*^alpha = eps/sqrt(2), from the weak-error model |E[P_h] - P| ~ c h^alpha fitted to the "
+                    "level corrections; savings and fitted cost-vs-eps slopes of each; N_l) and seed 002's MSE "
+                    "analysis per level (bias estimated from h vs h/M, beside the exact bias: for black_scholes "
+                    "E[P_h - P_exact] on the same Brownian path with its standard error, for other models "
+                    "E[P_h] - exact value from independent samples); tables on the console, CSV files, "
+                    "report.txt, summary.json and PNG plots in --out. Defaults: Giles' GBM call (black_scholes, "
+                    "S=K=100, T=1, r=0.05, sigma=0.2; other models have default parameters too). Theory for GBM: "
+                    "Euler alpha = 1, beta = 1; Milstein alpha = 1, beta = 2; gamma = 1.")
     p.add_argument("--model", default="black_scholes", help="model (default black_scholes)")
     p.add_argument("--product", default=None, help="product (default european_call; zero_coupon_bond for "
                    "black_karasinski)")
@@ -107,9 +124,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="exact value (default: closed_form, heston_integration or fd, as the model allows)")
     p.add_argument("--mse-paths", type=_count(1), default=100_000,
                    help="paths of the plain MC estimator in seed 002's MSE analysis (default 100000)")
+    p.add_argument("--exact-paths", type=_count(2), default=None,
+                   help="paths per level of seed 002's same-path exact coupling (black_scholes; default 10 x --N)")
+    p.add_argument("--alpha", type=_positive_float, default=None,
+                   help="weak rate |E Y_l| ~ h^alpha for the complexity runs, the optimal-h MC cost and seed 002's "
+                        "h-vs-h/M bias estimate (default: fitted by the convergence test; 1 for the estimate)")
+    p.add_argument("--beta", type=_positive_float, default=None,
+                   help="variance rate V[Y_l] ~ h^beta for the complexity runs (default: fitted)")
+    p.add_argument("--gamma", type=_positive_float, default=None,
+                   help="cost rate C_l ~ h^-gamma for the complexity runs and the optimal-h MC cost "
+                        "(default: fitted)")
     p.add_argument("--refit", action="store_true",
                    help="let each MLMC run fit alpha, beta, gamma itself (default: use the convergence test's, as "
-                        "Giles' mlmc_test does)")
+                        "Giles' mlmc_test does); rates given by --alpha/--beta/--gamma stay fixed")
     p.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default results/mlmc_test/<run-id>)")
     p.add_argument("--threads", type=_count(1), help="limit numba threads (default: all)")
@@ -299,7 +326,9 @@ def cmd_mlmc_test(args, out: Console, err: Console) -> int:
                   + (f" · exact {exact:.10g} ({source})" if exact is not None else ""), highlight=False)
         result = multilevel.mlmc_test(
             level_fn, args.M, args.N, args.L, args.N0, eps, args.Lmin, args.Lmax, exact=exact,
-            repeats=args.repeats, mse_paths=args.mse_paths, refit=args.refit, meta=meta,
+            repeats=args.repeats, mse_paths=args.mse_paths, exact_paths=args.exact_paths, refit=args.refit,
+            alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+            weak_order=args.alpha if args.alpha is not None else 1.0, meta=meta,
             on_stage=lambda text: out.print(f"[dim]{text}[/]", highlight=False))
     multilevel.render(result, out)
     multilevel.write_report(result, out_dir)

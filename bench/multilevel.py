@@ -27,7 +27,12 @@ entry is either an option of a batch (the ``mlmc`` pricer) or an independent
 replica of one problem (``mlmc_test`` runs R replicas at once this way).
 A level function may also offer ``fine_cost(l)``, the cost of one sample of
 the fine estimator P_l alone (used for the plain-MC comparison; without it
-the level's cost C_l is used, as Giles' ``mlmc_test`` does).
+the level's cost C_l is used, as Giles' ``mlmc_test`` does). And, where the
+model has an exact path solution (GBM), ``exact_coupling(l, N) -> (sums, cost)``
+with ``sums`` (B, 4): the sums of D = P_l - P_exact, D^2, P_exact, P_exact^2,
+P_exact the payoff of the exact solution on the *same* Brownian path as the
+scheme's path with h_l (seed 002's comparison); E[D] = E[P_l] - P is then the
+scheme's bias, measured with the small variance V[D] instead of V[P_l].
 :func:`scalar_level` adapts a Giles-style function ``fn(l, N) -> (sums[6], cost)``.
 
 Rates are in h units: with h_l = T / M^l, |E[Y_l]| ~ M^(-alpha l) = h^alpha,
@@ -376,6 +381,8 @@ class MLMCTestResult:
     seed002: pd.DataFrame  # one row per level 0..L-1
     warnings: list[str]
     timings: dict[str, float]
+    mc_optimal: dict[str, Any] = field(default_factory=dict)  # the weak-error model behind "MC cost (optimal h)"
+    seed002_info: dict[str, Any] = field(default_factory=dict)  # how seed 002's exact bias was measured
 
 
 def _kurtosis(s1, s2, s3, s4):
@@ -416,33 +423,146 @@ def _convergence(level_fn, M, N, L, on_stage):
     return frame
 
 
-def _seed002(conv: pd.DataFrame, M: int, N: int, paths: int, order: float, exact: float | None) -> pd.DataFrame:
+def _exact_coupling(level_fn, L: int, N: int, on_stage) -> pd.DataFrame | None:
+    """Seed 002's same-path coupling on levels 0..L-1 (None if the level function has none):
+    N paths each, mean and variance of D = P_l - P_exact and of P_exact."""
+    fn = getattr(level_fn, "exact_coupling", None)
+    if not callable(fn):
+        return None
+    rows = []
+    for l in range(L):
+        t0 = time.perf_counter()
+        sums, cost = fn(l, np.array([N], dtype=np.int64))
+        s = np.asarray(sums, dtype=np.float64).reshape(-1, 4)[0] / N
+        rows.append({"l": l, "mean_D": s[0], "var_D": max(s[1] - s[0] ** 2, 0.0), "mean_Pex": s[2],
+                     "var_Pex": max(s[3] - s[2] ** 2, 0.0),
+                     "cost": float(np.asarray(cost, dtype=np.float64).reshape(-1)[0]) / N})
+        if on_stage:
+            on_stage(f"seed 002 exact coupling: level {l} done ({time.perf_counter() - t0:.2f} s)")
+    return pd.DataFrame(rows)
+
+
+SEED002_SAME_PATH = "same-path exact solution: E[P_h - P_exact] with the same Brownian path"
+SEED002_INDEPENDENT = "E[P_h] - exact value from independent samples (no exact path solution for this model)"
+
+
+def _seed002(conv: pd.DataFrame, M: int, N: int, paths: int, order: float, exact: float | None,
+             coupling: pd.DataFrame | None = None, coupling_paths: int | None = None
+             ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Seed 002's MSE split for plain MC with ``paths`` paths on each level's grid.
 
-    MSE(h) = V[P_h] / paths + bias(h)^2, the bias estimated from h against h/M
-    as M^p / (M^p - 1) |E P_h - E P_{h/M}| (p the weak order, 1 for Euler)
-    with E P_{h/M} - E P_h = E[Y_{l+1}] taken from the coupled corrections
-    (far less noisy than two independent means), against the measured bias
-    E[P_h] - exact (whose standard error sqrt(V[P_h] / N) comes from the
-    convergence test's N samples).
+    MSE(h) = V[P_h] / paths + bias(h)^2, two ways:
+
+    - estimated: the bias from h against h/M as M^p / (M^p - 1) |E P_h - E P_{h/M}|
+      (p the weak order, 1 for Euler and Milstein) with E P_{h/M} - E P_h =
+      E[Y_{l+1}] taken from the coupled corrections of the convergence test;
+    - exact: with a ``coupling`` (the model has an exact path solution), the
+      bias is E[D], D = P_h - P_exact on the same Brownian path, with standard
+      error sqrt(V[D] / coupling_paths): precise, since V[D] is the strong
+      error, not V[P_h].
+      Without one but with ``exact``, the bias is E[P_h] - exact from the
+      convergence test's N independent samples, standard error sqrt(V[P_h] / N)
+      (about 0.1 for the GBM call with N = 20000: it swamps the bias beyond
+      the coarsest levels).
+
+    Returns the table (one row per level 0..L-1) and a dict: the method used,
+    and, with a coupling, the weak order fitted to the exact biases on levels
+    >= 1 that exceed 3 standard errors (and per level the ratio
+    bias(M h) / bias(h), M^alpha in the asymptotic regime, where both biases
+    exceed 3 se, and bias_est / |bias|).
     """
     rows = []
     factor = M ** order / (M ** order - 1.0)
+    have_exact = coupling is not None or exact is not None
     for l in range(len(conv) - 1):
         var = float(conv.var_P[l])
         est = factor * abs(float(conv.mean_dP[l + 1]))
         row = {"l": l, "h": float(M) ** -l, "mean_P": float(conv.mean_P[l]), "var_P": var,
                "var_over_paths": var / paths, "bias_est": est, "mse_est": var / paths + est * est}
-        if exact is not None:
+        if coupling is not None:
+            measured = float(coupling.mean_D[l])
+            row.update({"bias_exact": measured,
+                        "bias_exact_stderr": math.sqrt(float(coupling.var_D[l]) / coupling_paths),
+                        "var_D": float(coupling.var_D[l])})
+        elif exact is not None:
             measured = float(conv.mean_P[l]) - exact
-            row.update({"bias_exact": measured, "bias_exact_stderr": math.sqrt(var / N),
-                        "mse_exact": var / paths + measured * measured})
+            row.update({"bias_exact": measured, "bias_exact_stderr": math.sqrt(var / N)})
+        if have_exact:
+            row["mse_exact"] = var / paths + measured * measured
         rows.append(row)
     frame = pd.DataFrame(rows)
+    info: dict[str, Any] = {"bias_exact": (SEED002_SAME_PATH if coupling is not None else
+                                           SEED002_INDEPENDENT if exact is not None else None),
+                            "weak_order_est": order, "paths": paths,
+                            "exact_paths": coupling_paths if coupling is not None else N}
+    if not len(frame):
+        return frame, info
     frame["rmse_est"] = np.sqrt(frame.mse_est)
-    if exact is not None and len(frame):
+    if have_exact:
         frame["rmse_exact"] = np.sqrt(frame.mse_exact)
-    return frame
+    if coupling is not None:  # precise enough for ratios and a fitted order (independent samples are not)
+        b = frame.bias_exact.to_numpy()
+        sig = np.abs(b) > 3.0 * frame.bias_exact_stderr.to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # ratios of biases lost in noise are noise: only where both exceed 3 se
+            ratio = np.concatenate([[math.nan], b[:-1] / b[1:]])
+            frame["bias_ratio"] = np.where(np.concatenate([[False], sig[:-1] & sig[1:]]), ratio, math.nan)
+            frame["bias_est_over_exact"] = frame.bias_est / np.abs(frame.bias_exact)
+        info["significant_levels"] = [int(l) for l in frame.l[sig]]
+        # fitted over levels >= 1, like the rates (level 0, one step, is usually far from asymptotic)
+        use = sig & (frame.l.to_numpy() >= 1)
+        slope, _ = fit_rate(b[use], M, frame.l.to_numpy()[use]) if use.sum() >= 2 else (math.nan, math.nan)
+        info["alpha_exact"] = -slope
+        info["alpha_exact_levels"] = [int(l) for l in frame.l[use]]
+    return frame, info
+
+
+def _weak_error_model(conv: pd.DataFrame, M: int, N: int, alpha: float | None, gamma: float | None,
+                      rates: Mapping[str, float], fine_cost) -> dict[str, Any]:
+    """The model behind "MC cost (optimal h)": |E[P_h] - P| ~ c h^alpha, C(n) = C_0 n^gamma.
+
+    alpha: the one given, else the fitted rate; c from the level corrections,
+    |E Y_l| = c h_l^alpha (M^alpha - 1), least squares in log over levels
+    l >= 1 with the slope fixed at alpha, using the levels whose mean is
+    resolved (|mean Y_l| > 2 sqrt(V[Y_l] / N); all levels >= 1 if none is):
+    a correction lost in noise says nothing about c. h is in units of T
+    (h_l = M^-l). C_0: ``fine_cost(0)`` if offered, else the level-0 cost;
+    gamma: the one given, else the fitted rate. V[P]: the variance of P on the
+    finest level of the convergence test.
+    """
+    a = alpha if alpha is not None else float(rates["alpha"])
+    g = gamma if gamma is not None else float(rates["gamma"])
+    C0 = float(fine_cost(0)) if fine_cost is not None else float(conv.cost[0])
+    out: dict[str, Any] = {"alpha": a, "alpha_source": "given" if alpha is not None else "fitted",
+                           "gamma": g, "gamma_source": "given" if gamma is not None else "fitted",
+                           "C0": C0, "var_P": float(conv.var_P.iloc[-1]), "c": math.nan, "c_levels": []}
+    if not (math.isfinite(a) and a > 0 and math.isfinite(g)):
+        return out
+    lv = conv.l.to_numpy()[1:]
+    m = np.abs(conv.mean_dP.to_numpy()[1:])
+    se = np.sqrt(conv.var_dP.to_numpy()[1:] / N)
+    ok = np.isfinite(m) & (m > 0)
+    resolved = ok & (m > 2.0 * se)
+    use = resolved if resolved.any() else ok
+    if not use.any():
+        return out
+    logc = np.log(m[use]) + a * lv[use] * math.log(M) - math.log(M ** a - 1.0)
+    out["c"] = float(np.exp(np.mean(logc)))
+    out["c_levels"] = [int(l) for l in lv[use]]
+    out["c_resolved"] = bool(resolved.any())
+    return out
+
+
+def _mc_optimal(model: Mapping[str, Any], eps: float, theta: float) -> tuple[int, float, float]:
+    """(n, h, cost) of plain MC at the optimal step: c h*^alpha = sqrt(theta) eps,
+    n = ceil(1 / h*) steps (any integer; h in units of T), cost V[P] C_0 n^gamma / ((1 - theta) eps^2)."""
+    a, c = model["alpha"], model["c"]
+    if not (math.isfinite(c) and c > 0 and math.isfinite(a) and a > 0):
+        return 0, math.nan, math.nan
+    h_star = (math.sqrt(theta) * eps / c) ** (1.0 / a)
+    n = max(1, math.ceil(1.0 / h_star - 1e-9))
+    cost = model["var_P"] * model["C0"] * n ** model["gamma"] / ((1.0 - theta) * eps * eps)
+    return n, h_star, cost
 
 
 def mlmc_test(
@@ -462,6 +582,7 @@ def mlmc_test(
     beta: float | None = None,
     gamma: float | None = None,
     mse_paths: int = 100_000,
+    exact_paths: int | None = None,
     weak_order: float = 1.0,
     refit: bool = False,
     meta: Mapping[str, Any] | None = None,
@@ -482,12 +603,24 @@ def mlmc_test(
        (V[P_L] from the convergence test, its last level if L is beyond it;
        C_L^MC = ``level_fn.fine_cost(L)`` when offered, else C_L as in Giles'
        code, which also counts the coarse path), the saving, N_l; RMS error
-       over the runs when ``exact`` is given; the slopes of log cost against
-       log eps for both.
+       over the runs when ``exact`` is given. Besides this "MC cost (level L)"
+       (Giles' convention; its slope against eps is jumpy, since L moves in
+       whole levels), "MC cost (optimal h)": plain MC with the continuous
+       optimal number of steps n = ceil(T / h*), c h*^alpha = sqrt(theta) eps,
+       from the weak-error model |E[P_h] - P| ~ c h^alpha fitted to the level
+       corrections (see :func:`_weak_error_model`), cost V[P] C_0 n^gamma /
+       ((1 - theta) eps^2) (theory: slope -2 - gamma/alpha). The slopes of
+       log cost against log eps for MLMC and both plain-MC costs.
     3. Seed 002 (section 2.2): per level, plain MC's MSE with ``mse_paths``
        paths split into variance and squared bias, the bias estimated from h
-       against h/M with weak order ``weak_order``, against the measured one
-       when ``exact`` is given.
+       against h/M with weak order ``weak_order``, beside the exact bias: from
+       ``level_fn.exact_coupling`` when offered (D = P_h - P_exact on the same
+       Brownian path, ``exact_paths`` paths per level, default 10 N: its
+       standard error shrinks like sqrt(h), the bias like h^alpha), else
+       E[P_h] - ``exact`` from the N independent samples (see :func:`_seed002`).
+
+    ``alpha``, ``beta``, ``gamma``: fixed rates (h units) for the complexity
+    runs and the optimal-h model; None: fitted by the convergence test.
     """
     if not (isinstance(N, (int, np.integer)) and N >= 2):
         raise ValueError(f"N must be an integer >= 2, got {N!r}")
@@ -495,6 +628,10 @@ def mlmc_test(
         raise ValueError(f"L must be an integer >= 2 (rates are fitted over levels 1..L), got {L!r}")
     if not (isinstance(repeats, (int, np.integer)) and repeats >= 1):
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if exact_paths is None:
+        exact_paths = 10 * N
+    if not (isinstance(exact_paths, (int, np.integer)) and exact_paths >= 2):
+        raise ValueError(f"exact_paths must be an integer >= 2, got {exact_paths!r}")
     eps_list = [float(e) for e in eps_list]
     if not eps_list:
         raise ValueError("eps_list is empty")
@@ -505,6 +642,7 @@ def mlmc_test(
     t0 = time.perf_counter()
     conv = _convergence(level_fn, M, N, L, on_stage)
     timings["convergence_s"] = time.perf_counter() - t0
+    alpha, beta, gamma = _rate("alpha", alpha), _rate("beta", beta), _rate("gamma", gamma)
     lv = conv.l.to_numpy()[1:]
     sa, _ = fit_rate(conv.mean_dP.to_numpy()[1:], M, lv)
     sb, _ = fit_rate(conv.var_dP.to_numpy()[1:], M, lv)
@@ -526,6 +664,12 @@ def mlmc_test(
 
     use_a, use_b, use_g = fixed(alpha, "alpha"), fixed(beta, "beta"), fixed(gamma, "gamma")
     fine_cost = getattr(level_fn, "fine_cost", None)
+    weak = _weak_error_model(conv, M, N, alpha, gamma, rates, fine_cost)
+    if not math.isfinite(weak["c"]):
+        notes.append("no weak-error constant c could be fitted (all level means zero?): no MC cost (optimal h)")
+    elif not weak.get("c_resolved", False):
+        notes.append("no level correction is resolved (|mean| > 2 se) in the convergence test: c of the optimal-h "
+                     "MC cost is fitted to noise; raise N")
     rows = []
     t1 = time.perf_counter()
     for e in eps_list:
@@ -544,9 +688,11 @@ def mlmc_test(
         mc_cost = var_L * C_mc / ((1.0 - theta) * e * e)
         mc_cost_giles = var_L * C_level / ((1.0 - theta) * e * e)
         mlmc_cost = float(np.mean(res.cost))
+        n_opt, h_opt, mc_opt = _mc_optimal(weak, e, theta)
         row = {"eps": e, "value": float(np.mean(res.price)), "stderr": float(np.mean(res.stderr)), "L": Lf,
                "mlmc_cost": mlmc_cost, "mc_cost": mc_cost, "savings": mc_cost / mlmc_cost,
-               "savings_giles": mc_cost_giles / mlmc_cost, "runs": repeats,
+               "savings_giles": mc_cost_giles / mlmc_cost, "n_opt": n_opt, "h_opt": h_opt,
+               "mc_cost_opt": mc_opt, "savings_opt": mc_opt / mlmc_cost, "runs": repeats,
                "lmax_hit": int(res.lmax_hit.sum()), "time_s": dt}
         if exact is not None:
             err = res.price - exact
@@ -562,20 +708,44 @@ def mlmc_test(
     comp = pd.DataFrame(rows)
     keep = [c for c in comp.columns if not c.startswith("N_") or comp[c].any()]
     comp = comp[keep]
-    slopes = {"mlmc": math.nan, "mc": math.nan}
+    slopes = {"mlmc": math.nan, "mc": math.nan, "mc_opt": math.nan}
     if len(comp) >= 2:
         le = np.log(comp.eps.to_numpy())
-        slopes["mlmc"] = float(np.polyfit(le, np.log(comp.mlmc_cost.to_numpy()), 1)[0])
-        slopes["mc"] = float(np.polyfit(le, np.log(comp.mc_cost.to_numpy()), 1)[0])
+        for key, col in (("mlmc", "mlmc_cost"), ("mc", "mc_cost"), ("mc_opt", "mc_cost_opt")):
+            y = np.log(comp[col].to_numpy(dtype=np.float64))
+            if np.isfinite(y).all():
+                slopes[key] = float(np.polyfit(le, y, 1)[0])
+    # theory (Giles 2008, theorem 1): MLMC eps^-2 for beta > gamma, eps^-2 (log eps)^2 for beta = gamma,
+    # eps^(-2 - (gamma - beta)/alpha) below; plain MC at the optimal h eps^(-2 - gamma/alpha)
+    ta = weak["alpha"]
+    tb = beta if beta is not None else rates["beta"]
+    tg = weak["gamma"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slopes["mlmc_theory"] = float(-2.0 - max(0.0, tg - tb) / ta) if ta > 0 else math.nan
+        slopes["mc_opt_theory"] = float(-2.0 - tg / ta) if ta > 0 else math.nan
 
-    seed = _seed002(conv, M, N, mse_paths, weak_order, exact)
+    t2 = time.perf_counter()
+    coupling = _exact_coupling(level_fn, L, exact_paths, on_stage)
+    seed, seed_info = _seed002(conv, M, N, mse_paths, weak_order, exact, coupling, exact_paths)
+    if coupling is not None:
+        timings["seed002_s"] = time.perf_counter() - t2
+        if exact is not None and len(coupling):
+            # the exact solution's payoff must average to the exact value: a check of the coupling
+            z = np.abs(coupling.mean_Pex - exact) / np.sqrt(coupling.var_Pex / exact_paths)
+            if (z > 4.5).any():
+                notes.append(f"seed 002: the exact-solution payoff's mean is {z.max():.1f} standard errors from the "
+                             f"exact value {exact:.6g}: the coupling or the exact value looks wrong")
+            seed_info["exact_payoff_max_z"] = float(z.max())
     settings = {"M": M, "N": N, "L": L, "N0": N0, "eps": eps_list, "Lmin": Lmin, "Lmax": Lmax, "theta": theta,
-                "repeats": repeats, "exact": exact, "mse_paths": mse_paths, "weak_order": weak_order,
+                "repeats": repeats, "exact": exact, "mse_paths": mse_paths,
+                "exact_paths": exact_paths if coupling is not None else None, "weak_order": weak_order,
+                "alpha": alpha, "beta": beta, "gamma": gamma,
                 "alpha_used": use_a, "beta_used": use_b, "gamma_used": use_g, "refit": refit,
-                "mc_cost": "fine path only" if fine_cost is not None else "C_L of the level (Giles)"}
+                "mc_cost": "fine path only" if fine_cost is not None else "C_L of the level (Giles)",
+                "seed002_bias": seed_info["bias_exact"]}
     settings.update(dict(meta or {}))
     timings["total_s"] = time.perf_counter() - t0
-    return MLMCTestResult(settings, conv, rates, comp, slopes, seed, notes, timings)
+    return MLMCTestResult(settings, conv, rates, comp, slopes, seed, notes, timings, weak, seed_info)
 
 
 # --------------------------------------------------------------------------- presentation
@@ -587,6 +757,82 @@ def _g(x: Any, fmt: str = ".4e") -> str:
     except (TypeError, ValueError):
         return str(x)
     return "-" if not math.isfinite(v) else format(v, fmt)
+
+
+def _levels(ls: Sequence[int]) -> str:
+    ls = list(ls)
+    if not ls:
+        return "none"
+    if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 2:
+        return f"{ls[0]}..{ls[-1]}"
+    return ", ".join(str(l) for l in ls)
+
+
+def _bias_target(theta: float) -> str:
+    return "eps/sqrt(2)" if theta == 0.5 else f"sqrt({theta:g}) eps"
+
+
+def _slope_lines(res: MLMCTestResult) -> list[str]:
+    """The cost-slope summary and the two plain-MC cost models, as plain lines."""
+    sl, w, s = res.cost_slopes, res.mc_optimal, res.settings
+    theta = s.get("theta", 0.5)
+    var = "eps^2/2" if theta == 0.5 else f"{1 - theta:g} eps^2"
+    lines = [f"cost ~ eps^s fitted over eps: MLMC s = {sl['mlmc']:.3f} (theory "
+             f"{sl.get('mlmc_theory', math.nan):.2f}{', times log^2 eps' if _beta_eq_gamma(res) else ''}); "
+             f"MC cost (level L) s = {sl['mc']:.3f}; MC cost (optimal h) s = {sl.get('mc_opt', math.nan):.3f} "
+             f"(theory -2 - gamma/alpha = {sl.get('mc_opt_theory', math.nan):.2f})",
+             f"MC cost (level L): V[P_L] C_L / ({var}) on the finest MLMC level L, C_L: {s.get('mc_cost')} "
+             "(Giles' convention; with his C_L, fine + coarse path, the savings are "
+             + ", ".join(f"{v:.1f}" for v in res.complexity.savings_giles) + ")"]
+    if w:
+        lines.append(f"MC cost (optimal h): n = ceil(T/h*) steps, c h*^alpha = {_bias_target(theta)}, from "
+                     f"|E[P_h] - P| ~ c h^alpha with alpha = {w['alpha']:.3f} ({w['alpha_source']}), "
+                     f"c = {_g(w['c'], '.4g')} (fitted to |E Y_l| = c h_l^alpha (M^alpha - 1) over levels "
+                     f"{_levels(w['c_levels'])}, h in units of T); cost V[P] C_0 n^gamma / ({var}) with "
+                     f"V[P] = {w['var_P']:.4g} (level {s['L']}), C_0 = {w['C0']:g}, gamma = {w['gamma']:.3f} "
+                     f"({w['gamma_source']})")
+    return lines
+
+
+def _beta_eq_gamma(res: MLMCTestResult) -> bool:
+    b = res.settings.get("beta") or res.rates.get("beta", math.nan)
+    g = res.settings.get("gamma") or res.rates.get("gamma", math.nan)
+    return bool(abs(b - g) < 0.2)
+
+
+def _seed002_caption(res: MLMCTestResult) -> tuple[str, str]:
+    """(title, explanation) of the seed-002 table."""
+    s, info = res.settings, res.seed002_info
+    title = f"Seed 002: plain MC with {s['mse_paths']} paths on h = T/{s['M']}^l, MSE = V/N + bias^2"
+    p = s.get("weak_order", 1.0)
+    est = f"bias est = M^p/(M^p-1) |E[P_h - P_(h/M)]| from the coupled levels (p = {p:g})"
+    method = info.get("bias_exact")
+    if method == SEED002_SAME_PATH:
+        text = (f"{est}; bias = E[P_h - P_exact] on the same Brownian path (exact solution "
+                f"S0 exp((r - q - sigma^2/2) T + sigma W_T)), {info.get('exact_paths')} paths per level, "
+                "+- its se; "
+                "ratio = bias(M h) / bias(h) where both exceed 3 se")
+    elif method == SEED002_INDEPENDENT:
+        text = (f"{est}; bias = E[P_h] - exact value from the convergence test's {info.get('exact_paths')} "
+                "independent samples, +- se = sqrt(V[P_h]/N): this model has no exact path solution, so the se "
+                "swamps the bias beyond the coarsest levels")
+    else:
+        text = f"{est}; no exact value and no exact path solution: estimated bias only"
+    return title, text
+
+
+def _seed002_footer(res: MLMCTestResult) -> str | None:
+    info = res.seed002_info
+    if info.get("bias_exact") is None or "alpha_exact" not in info:
+        return None
+    sd = res.seed002
+    sig = info.get("significant_levels", [])
+    ratio = ", ".join(_g(v, ".2f") for l, v in zip(sd.l, sd.bias_est_over_exact) if l in sig)
+    lv = info["alpha_exact_levels"]
+    fit = (f"exact bias ~ h^p: p = {_g(info['alpha_exact'], '.3f')} fitted over levels {_levels(lv)}"
+           if len(lv) >= 2 else f"exact bias ~ h^p: too few levels l >= 1 ({_levels(lv)}) to fit p")
+    return (f"{fit} (|bias| > 3 se); bias est / |bias| on levels {_levels(sig)} (|bias| > 3 se): "
+            f"{ratio or '-'}")
 
 
 def report_text(res: MLMCTestResult) -> str:
@@ -607,38 +853,50 @@ def report_text(res: MLMCTestResult) -> str:
     out += ["", star, "*** Linear regression estimates of MLMC parameters (levels 1..L)", star, "",
             f" alpha = {q['alpha']:.4f}  (weak convergence |E Y_l| ~ h^alpha; {q['alpha_log2']:.4f} per level in log2)",
             f" beta  = {q['beta']:.4f}  (variance V[Y_l] ~ h^beta; {q['beta_log2']:.4f} per level in log2)",
-            f" gamma = {q['gamma']:.4f}  (cost C_l ~ h^-gamma; {q['gamma_log2']:.4f} per level in log2)", ""]
-    out += [star, "*** MLMC complexity tests", star, ""]
+            f" gamma = {q['gamma']:.4f}  (cost C_l ~ h^-gamma; {q['gamma_log2']:.4f} per level in log2)"]
+    given = [f"{k} = {s[k]:g}" for k in ("alpha", "beta", "gamma") if s.get(k) is not None]
+    if given:
+        out.append(" given (used by the complexity tests): " + ", ".join(given))
+    out += ["", star, "*** MLMC complexity tests (costs in path steps)", star, ""]
     comp = res.complexity
     nl_cols = [c for c in comp.columns if c.startswith("N_")]
-    head = "   eps       value     mlmc_cost    mc_cost   savings  (Giles)  L"
+    head = "   eps       value     mlmc_cost   L"
     if "rms_error" in comp:
         head += "   rms_err"
     out.append(head + "   N_l")
     out.append("-" * (len(head) + 40))
     for r in comp.to_dict("records"):
-        line = (f"{r['eps']:.3e} {r['value']:11.4e}  {r['mlmc_cost']:.3e}  {r['mc_cost']:.3e}  {r['savings']:7.2f}  "
-                f"{r['savings_giles']:7.2f} {r['L']:2d}")
+        line = f"{r['eps']:.3e} {r['value']:11.4e}  {r['mlmc_cost']:.3e} {r['L']:2d}"
         if "rms_error" in r:
             line += f"  {r['rms_error']:.2e}"
         line += "  " + " ".join(f"{int(r[c]):9d}" for c in nl_cols if r[c] > 0)
         out.append(line)
-    out += ["", f" cost ~ eps^s fitted over eps: MLMC s = {res.cost_slopes['mlmc']:.3f}, "
-                f"plain MC s = {res.cost_slopes['mc']:.3f}", ""]
-    out += [star, f"*** Seed 002: MSE of plain MC with {s['mse_paths']} paths = variance/N + bias^2", star, ""]
+    out += ["", "   eps      mlmc_cost   MC cost (level L)  savings   MC cost (optimal h)  n = T/h*  savings",
+            "-" * 92]
+    for r in comp.to_dict("records"):
+        out.append(f"{r['eps']:.3e}  {r['mlmc_cost']:.3e}  {r['mc_cost']:17.3e}  {r['savings']:7.2f}   "
+                   f"{_g(r['mc_cost_opt'], '.3e'):>19}  {r['n_opt']:8d}  {_g(r['savings_opt'], '.2f'):>7}")
+    out += [""] + [" " + line for line in _slope_lines(res)] + [""]
+    title, text = _seed002_caption(res)
+    out += [star, f"*** {title}", star, "", " " + text, ""]
     sd = res.seed002
     exact = "bias_exact" in sd
-    head = " l      h       E[P_h]      V/N        bias_est   rmse_est"
+    ratio = "bias_ratio" in sd
+    head = " l      h       E[P_h]      V/N        bias_est   mse_est"
     if exact:
-        head += "   bias_exact (+- se)     rmse_exact"
+        head += "     bias_exact (+- se)  " + ("   ratio " if ratio else "") + "   mse_exact"
     out.append(head)
     out.append("-" * len(head))
     for r in sd.to_dict("records"):
         line = (f"{r['l']:2d}  {r['h']:.3e}  {r['mean_P']:.5e}  {r['var_over_paths']:.3e}  {r['bias_est']:.3e}  "
-                f"{r['rmse_est']:.3e}")
+                f"{r['mse_est']:.3e}")
         if exact:
-            line += f"  {r['bias_exact']:+.3e} ({r['bias_exact_stderr']:.1e})  {r['rmse_exact']:.3e}"
+            line += (f"  {r['bias_exact']:+.3e} ({r['bias_exact_stderr']:.1e})  "
+                     + (f"{_g(r['bias_ratio'], '.2f'):>6}  " if ratio else "") + f"{r['mse_exact']:.3e}")
         out.append(line)
+    foot = _seed002_footer(res)
+    if foot:
+        out += ["", " " + foot]
     if res.warnings:
         out += ["", "WARNINGS:"] + [f" - {w}" for w in res.warnings]
     out += ["", "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items()), ""]
@@ -654,8 +912,9 @@ def render(res: MLMCTestResult, console=None) -> None:
     console = console or Console()
     s = res.settings
 
-    def table(title, cols):
-        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    def table(title, cols, caption=None):
+        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, caption=caption,
+                  caption_justify="left")
         for col in cols:
             t.add_column(col, justify="right", no_wrap=True)
         return t
@@ -667,26 +926,32 @@ def render(res: MLMCTestResult, console=None) -> None:
                   _g(r.kurtosis, ".1f"), _g(r.check, ".2f"), _g(r.cost, ".4g"), f"{r.time_s:.2f}s")
     console.print(t)
     q = res.rates
+    given = [f"{k} = {s[k]:g}" for k in ("alpha", "beta", "gamma") if s.get(k) is not None]
     console.print(f"alpha = {q['alpha']:.3f}, beta = {q['beta']:.3f}, gamma = {q['gamma']:.3f} in h units "
                   f"(levels 1..L); per level in log2: {q['alpha_log2']:.3f}, {q['beta_log2']:.3f}, "
-                  f"{q['gamma_log2']:.3f}", highlight=False)
+                  f"{q['gamma_log2']:.3f}" + (f"; given: {', '.join(given)}" if given else ""), highlight=False)
     comp = res.complexity
     has_err = "rms_error" in comp
     runs = s.get("repeats", 1)
-    cols = ["eps", "value", "MLMC cost", "MC cost", "savings", "L"]
+    cols = ["eps", "value", "MLMC cost", "L"]
     if has_err:
         cols += ["rms err" if runs > 1 else "error", "/eps"]
     t = table("MLMC complexity test" + (f" ({runs} runs per eps)" if runs > 1 else ""), cols + ["time"])
     for r in comp.to_dict("records"):
-        cells = [f"{r['eps']:g}", _g(r["value"], ".6g"), _g(r["mlmc_cost"], ".2e"), _g(r["mc_cost"], ".2e"),
-                 _g(r["savings"], ".1f"), str(r["L"])]
+        cells = [f"{r['eps']:g}", _g(r["value"], ".6g"), _g(r["mlmc_cost"], ".2e"), str(r["L"])]
         if has_err:
             cells += [_g(r["rms_error"], ".2e"), _g(r["rms_over_eps"], ".2f")]
         t.add_row(*cells, f"{r['time_s']:.2f}s")
     console.print(t)
-    console.print(f"cost ~ eps^s: MLMC s = {res.cost_slopes['mlmc']:.3f}, plain MC s = {res.cost_slopes['mc']:.3f}; "
-                  f"MC cost: {s.get('mc_cost')} (with Giles' C_L the savings are "
-                  + ", ".join(f"{v:.1f}" for v in comp.savings_giles) + ")", highlight=False)
+    t = table("Plain MC for the same eps: cost in path steps, savings = MC cost / MLMC cost, n = steps at h*",
+              ["eps", "MC cost (level L)", "savings", "MC cost (optimal h)", "n", "savings"])
+    for r in comp.to_dict("records"):
+        t.add_row(f"{r['eps']:g}", _g(r["mc_cost"], ".2e"), _g(r["savings"], ".1f"),
+                  _g(r["mc_cost_opt"], ".2e"), str(r["n_opt"]) if r["n_opt"] > 0 else "-",
+                  _g(r["savings_opt"], ".1f"))
+    console.print(t)
+    for line in _slope_lines(res):
+        console.print(line, highlight=False)
     nl_cols = [c for c in comp.columns if c.startswith("N_")]
     t = table("N_l: samples per level" + (" (mean over runs)" if runs > 1 else ""),
               ["eps"] + [c.split("_")[1] for c in nl_cols])
@@ -695,18 +960,24 @@ def render(res: MLMCTestResult, console=None) -> None:
     console.print(t)
     sd = res.seed002
     exact = "bias_exact" in sd
-    cols = ["l", "E[P_h]", "V/N", "bias est", "rmse est"]
+    ratio = "bias_ratio" in sd
+    cols = ["l", "V/N", "bias est", "MSE est"]  # E[P_h] is ave(Pf) of the convergence table
     if exact:
-        cols += ["bias", "± se", "rmse"]
-    t = table(f"Seed 002: plain MC with {s['mse_paths']} paths on h = T/{s['M']}^l, MSE = V/N + bias^2"
-              + (" (est: bias from h vs h/M; bias, rmse: against the exact value)" if exact else ""), cols)
+        cols += ["bias", "± se"] + (["ratio"] if ratio else []) + ["MSE"]
+    title, text = _seed002_caption(res)
+    t = table(title, cols, caption=text)
     for r in sd.to_dict("records"):
-        cells = [str(r["l"]), _g(r["mean_P"], ".5g"), _g(r["var_over_paths"], ".2e"),
-                 _g(r["bias_est"], ".2e"), _g(r["rmse_est"], ".2e")]
+        cells = [str(r["l"]), _g(r["var_over_paths"], ".2e"),
+                 _g(r["bias_est"], ".2e"), _g(r["mse_est"], ".2e")]
         if exact:
-            cells += [_g(r["bias_exact"], "+.2e"), _g(r["bias_exact_stderr"], ".1e"), _g(r["rmse_exact"], ".2e")]
+            cells += [_g(r["bias_exact"], "+.2e"), _g(r["bias_exact_stderr"], ".1e")]
+            cells += [_g(r["bias_ratio"], ".2f")] if ratio else []
+            cells += [_g(r["mse_exact"], ".2e")]
         t.add_row(*cells)
     console.print(t)
+    foot = _seed002_footer(res)
+    if foot:
+        console.print(foot, highlight=False)
     for w in res.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
@@ -744,20 +1015,27 @@ def _title(res: MLMCTestResult) -> str:
 
 
 def plot_cost(res: MLMCTestResult, path: Path) -> None:
-    """Log-log cost against eps for MLMC and plain MC (fitted slopes in the legend),
-    with eps^2 x cost beside it (flat means O(eps^-2))."""
+    """Log-log cost against eps for MLMC and plain MC, both plain-MC costs (on the
+    finest MLMC level L, and at the optimal h; fitted slopes in the legend), with
+    eps^2 x cost beside it (flat means O(eps^-2))."""
     comp = res.complexity
     fig = _figure((10.0, 4.2))
     ax, bx = fig.subplots(1, 2)
     e = comp.eps.to_numpy()
-    ax.loglog(e, comp.mc_cost, "s--", label=f"plain MC (slope {res.cost_slopes['mc']:.2f})")
-    ax.loglog(e, comp.mlmc_cost, "o-", label=f"MLMC (slope {res.cost_slopes['mlmc']:.2f})")
+    sl = res.cost_slopes
+    ax.loglog(e, comp.mc_cost, "s--", label=f"MC cost (level L) (slope {sl['mc']:.2f})")
+    if "mc_cost_opt" in comp:
+        ax.loglog(e, comp.mc_cost_opt, "^:", label=f"MC cost (optimal h) (slope {sl.get('mc_opt', math.nan):.2f}, "
+                                                   f"theory {sl.get('mc_opt_theory', math.nan):.2f})")
+    ax.loglog(e, comp.mlmc_cost, "o-", label=f"MLMC (slope {sl['mlmc']:.2f})")
     ax.set_xlabel("eps (target RMS error)")
     ax.set_ylabel("cost (path steps)")
     ax.set_title(f"cost against accuracy: {_title(res)}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    bx.loglog(e, comp.mc_cost * e ** 2, "s--", label="plain MC")
+    bx.loglog(e, comp.mc_cost * e ** 2, "s--", label="MC cost (level L)")
+    if "mc_cost_opt" in comp:
+        bx.loglog(e, comp.mc_cost_opt * e ** 2, "^:", label="MC cost (optimal h)")
     bx.loglog(e, comp.mlmc_cost * e ** 2, "o-", label="MLMC")
     bx.set_xlabel("eps")
     bx.set_ylabel("eps^2 x cost")
@@ -822,7 +1100,8 @@ def write_report(res: MLMCTestResult, out_dir: str | Path) -> list[Path]:
     report._atomic_write(out / REPORT_TXT, lambda fh: fh.write(report_text(res)))
     paths.append(out / REPORT_TXT)
     report.write_json(out / SUMMARY_JSON, {"settings": res.settings, "rates": res.rates,
-                                           "cost_slopes": res.cost_slopes, "warnings": res.warnings,
+                                           "cost_slopes": res.cost_slopes, "mc_optimal_h": res.mc_optimal,
+                                           "seed002": res.seed002_info, "warnings": res.warnings,
                                            "timings": res.timings})
     paths.append(out / SUMMARY_JSON)
     plot_cost(res, out / COST_PNG)

@@ -69,6 +69,36 @@ def test_level_sums_bit_identical_with_1_and_2_threads(threads):
         assert np.array_equal(out[0], out[1]), model
 
 
+def test_exact_coupling_bit_identical_with_1_and_2_threads(threads):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here")
+    out = []
+    for n in (1, 2):
+        threads(n)
+        fn = levels(seed=7, scheme="euler")
+        runs = [fn.exact_coupling(l, np.array([3000, 0, 2000]))[0] for l in (0, 2, 2)]
+        out.append(np.concatenate([s.ravel() for s in runs]))
+    assert np.array_equal(out[0], out[1])
+
+
+def test_exact_coupling_gbm_only_fresh_and_unbiased():
+    """D = P_h - P_exact on the same path: P_exact averages to the Black-Scholes price, later
+    calls draw fresh paths, and only black_scholes (exact path solution) offers the coupling."""
+    fn = levels(seed=4, scheme="milstein", M=2)
+    N = 200_000
+    s1, c1 = fn.exact_coupling(3, np.array([N]))
+    assert c1[0] == N * 2 ** 3  # fine path only
+    mean_ex = s1[0, 2] / N
+    assert abs(mean_ex - GBM_EXACT) < 4 * math.sqrt((s1[0, 3] / N - mean_ex ** 2) / N)
+    var_d = s1[0, 1] / N - (s1[0, 0] / N) ** 2
+    assert var_d < 0.05 * (s1[0, 3] / N - mean_ex ** 2)  # the coupling is tight: V[D] << V[P]
+    s2, _ = fn.exact_coupling(3, np.array([N]))
+    assert not np.array_equal(s1, s2)
+    assert np.array_equal(levels(seed=4, scheme="milstein", M=2).exact_coupling(3, np.array([N]))[0], s1)
+    cev = levels("cev", "european_call", dict(S=100.0, K=100.0, T=1.0, r=0.05, sigma=2.0, beta=0.5))
+    assert not hasattr(cev, "exact_coupling")
+
+
 def test_mlmc_price_bit_identical_with_1_and_2_threads(threads):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here")
@@ -270,20 +300,73 @@ def test_mlmc_test_report_gbm():
     assert "alpha" in text and "savings" in text and "Seed 002" in text
 
 
+def test_seed002_exact_bias_gbm_euler_is_precise():
+    """Seed 002 with the same-path exact solution: for GBM Euler (M = 2) the exact bias on
+    levels 1..3 is resolved (> 3 se), agrees with the h-vs-h/M estimate within 30% and about
+    halves per halving of h; the optimal-h plain-MC cost with alpha = 1 has slope -3."""
+    res = multilevel.mlmc_test(levels(scheme="euler", M=2, seed=2), 2, 1_000_000, 4, 500, [0.1, 0.05, 0.02, 0.01],
+                               exact=GBM_EXACT, alpha=1.0, exact_paths=2_000_000)
+    sd = res.seed002.set_index("l")
+    assert res.seed002_info["bias_exact"] == multilevel.SEED002_SAME_PATH
+    for l in (1, 2, 3):
+        bias, se, est = sd.bias_exact[l], sd.bias_exact_stderr[l], sd.bias_est[l]
+        assert abs(bias) > 3 * se, (l, bias, se)
+        assert abs(est / abs(bias) - 1) < 0.3, (l, est, bias)
+        assert sd.mse_exact[l] == pytest.approx(sd.var_over_paths[l] + bias ** 2)
+    for l in (2, 3):
+        assert 1.5 < sd.bias_ratio[l] < 3.0, (l, sd.bias_ratio[l])  # Euler: weak order 1, M = 2
+    assert 0.7 < res.seed002_info["alpha_exact"] < 1.5
+    # plain MC at the optimal step, alpha fixed at 1: cost ~ eps^-3
+    comp = res.complexity
+    assert res.mc_optimal["alpha"] == 1.0 and res.mc_optimal["alpha_source"] == "given"
+    assert abs(res.cost_slopes["mc_opt"] + 3.0) < 0.3, res.cost_slopes
+    assert res.cost_slopes["mc_opt_theory"] == pytest.approx(-3.0, abs=0.01)
+    assert (comp.n_opt.diff().iloc[1:] > 0).all() and (comp.savings_opt > 0).all()
+    assert res.settings["alpha_used"] == 1.0
+    text = multilevel.report_text(res)
+    assert "MC cost (level L)" in text and "MC cost (optimal h)" in text and "same Brownian path" in text
+
+
+def test_optimal_h_mc_cost_on_a_synthetic_weak_error():
+    """P_l = 1 + 2 h_l + noise: |E Y_l| = c h (M - 1) with c = 2, so n = ceil(c sqrt(2) / eps)."""
+    res = multilevel.mlmc_test(synthetic(c=2.0, M=2), 2, 20_000, 4, 500, [0.1, 0.02], exact=1.0)
+    w = res.mc_optimal
+    assert w["c"] == pytest.approx(2.0, rel=0.05) and w["c_levels"] == [1, 2, 3, 4]
+    assert w["alpha"] == pytest.approx(1.0, abs=0.05) and w["alpha_source"] == "fitted"
+    comp = res.complexity
+    for r in comp.itertuples():
+        n = math.ceil(2.0 * math.sqrt(2.0) / r.eps)
+        assert abs(r.n_opt - n) <= 0.06 * n
+        assert r.mc_cost_opt == pytest.approx(w["var_P"] * w["C0"] * r.n_opt ** w["gamma"] / (r.eps ** 2 / 2))
+    # no exact path solution: the exact bias is E[P_h] - exact from independent samples, and says so
+    assert res.seed002_info["bias_exact"] == multilevel.SEED002_INDEPENDENT
+    assert "bias_ratio" not in res.seed002 and "no exact path solution" in multilevel.report_text(res)
+
+
 def test_cli_mlmc_test_writes_files(tmp_path, capsys, restore_registry):
     out = tmp_path / "mt"
     code = cli.main(["mlmc-test", "--N", "2000", "--L", "3", "--N0", "200", "--eps", "0.2,0.1", "--repeats", "2",
-                     "--out", str(out), "--threads", "1"])
+                     "--alpha", "1", "--gamma", "1", "--exact-paths", "5000", "--out", str(out), "--threads", "1"])
     assert code == 0
     text = capsys.readouterr().out
     assert "convergence" in text and "complexity" in text and "wrote" in text
+    assert "MC cost (level L)" in text and "MC cost (optimal h)" in text and "same Brownian path" in text
     for name in ("convergence.csv", "complexity.csv", "seed002_mse.csv", "report.txt", "summary.json",
                  "cost_vs_eps.png", "levels.png"):
         assert (out / name).is_file(), name
     comp = pd.read_csv(out / "complexity.csv")
-    assert list(comp.eps) == [0.2, 0.1] and "rms_error" in comp
+    assert list(comp.eps) == [0.2, 0.1] and {"rms_error", "mc_cost", "mc_cost_opt", "savings_opt", "n_opt"} <= set(comp)
+    seed = pd.read_csv(out / "seed002_mse.csv")
+    assert {"bias_exact", "bias_exact_stderr", "bias_est", "mse_est", "mse_exact", "bias_ratio"} <= set(seed)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["settings"]["scheme"] == "milstein" and summary["settings"]["exact"] == pytest.approx(GBM_EXACT)
+    settings = summary["settings"]
+    assert settings["scheme"] == "milstein" and settings["exact"] == pytest.approx(GBM_EXACT)
+    assert settings["alpha"] == 1.0 and settings["alpha_used"] == 1.0 and settings["beta"] is None
+    assert settings["gamma_used"] == 1.0 and settings["exact_paths"] == 5000 and settings["weak_order"] == 1.0
+    assert summary["mc_optimal_h"]["alpha_source"] == "given" and "mc_opt" in summary["cost_slopes"]
+    assert summary["seed002"]["bias_exact"] == multilevel.SEED002_SAME_PATH
+    report_txt = (out / "report.txt").read_text()
+    assert "MC cost (optimal h)" in report_txt and "MC cost (level L)" in report_txt
     assert (out / "cost_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -295,6 +378,8 @@ def test_cli_mlmc_test_other_model(tmp_path, capsys, restore_registry):
     settings = json.loads((out / "summary.json").read_text())["settings"]
     assert settings["params"]["sigma"] == 0.3 and settings["exact_source"] == "fd" and settings["scheme"] == "euler"
     assert settings["refit"] and settings["alpha_used"] is None
+    assert settings["seed002_bias"] == multilevel.SEED002_INDEPENDENT  # no exact path solution for BK
+    assert "no exact path solution" in (out / "report.txt").read_text()
 
 
 @pytest.mark.parametrize("args,word", [
@@ -316,7 +401,9 @@ def test_cli_mlmc_test_bad_input_exits_2(tmp_path, capsys, restore_registry, arg
     assert not out.exists()
 
 
-def test_cli_mlmc_test_bad_option_value_exits_2(capsys):
+@pytest.mark.parametrize("args", [["--M", "1"], ["--alpha", "-1"], ["--beta", "0"], ["--gamma", "x"],
+                                  ["--exact-paths", "1"]])
+def test_cli_mlmc_test_bad_option_value_exits_2(capsys, args):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["mlmc-test", "--M", "1"])
+        cli.main(["mlmc-test", *args])
     assert exc.value.code == 2

@@ -28,6 +28,14 @@ Schemes (all payoffs discounted; ``sign`` = +1 call, -1 put):
   int_0^T r dt by the trapezoid rule on the path's own grid, payoff
   exp(-int r dt) (the zero-coupon bond).
 
+Seed 002's exact coupling (``black_scholes`` only, the model with an exact
+path solution): :func:`exact_sums` returns on level l the sums of
+D = P_h - P_exact, D^2, P_exact and P_exact^2, where P_h is the scheme's path
+with M^l steps (the same update as the level estimator's fine path) and
+P_exact the payoff of S_T = S0 exp((r - q - sigma^2/2) T + sigma W_T) with W_T
+the sum of the same increments; E[D] is the scheme's bias E[P_h] - P with the
+small variance V[D] (the strong error), not V[P_h].
+
 Random numbers (reproducible whatever the thread count): the samples of one
 batch entry on one level are cut into blocks of :data:`BLOCK`; block j of a
 call draws from ``_rng.stream(seed, key * 64 + l, block0 + j)``, where ``key``
@@ -57,6 +65,8 @@ BLOCK = 512  # samples per random stream; fixed: changing it changes every resul
 MAX_LEVEL = 63  # streams are keyed by key * 64 + level
 
 MODELS = ("black_scholes", "heston", "cev", "sinh_lv", "black_karasinski")
+EXACT_MODELS = ("black_scholes",)  # models with an exact path solution (:func:`exact_sums`)
+EXACT_STREAM = 1 << 62  # option-index offset of the exact coupling's streams (level keys stay below)
 SCHEMES = ("euler", "milstein")
 # parameter columns of the (rows, k) parameter array, per model
 COLUMNS = {
@@ -356,6 +366,89 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     return out
 
 
+@_jit
+def _bs_exact_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
+    """Sums of D = P_h - P_exact, D^2, P_exact, P_exact^2 over n paths: P_h from the
+    scheme's path with M^l steps (exactly the fine path of :func:`_bs_block`), P_exact
+    from S_T = S0 exp((r - q - sigma^2/2) T + sigma W_T) with the same W_T."""
+    nf = M ** l
+    hf = T / nf
+    sqh = math.sqrt(hf)
+    mu = r - q
+    half_s2 = 0.5 * sigma * sigma
+    drift = (mu - half_s2) * T
+    disc = math.exp(-r * T)
+    s1 = s2 = s3 = s4 = 0.0
+    for _ in range(n):
+        S = S0
+        w = 0.0
+        for _k in range(nf):
+            st, z = _rng.normal(st)
+            dw = sqh * z
+            w += dw
+            if milstein:
+                S = S * (1.0 + mu * hf + sigma * dw + half_s2 * (dw * dw - hf))
+            else:
+                S = S * (1.0 + mu * hf + sigma * dw)
+        ph = disc * max(sign * (S - K), 0.0)
+        pe = disc * max(sign * (S0 * math.exp(drift + sigma * w) - K), 0.0)
+        d = ph - pe
+        s1 += d
+        s2 += d * d
+        s3 += pe
+        s4 += pe * pe
+    return st, s1, s2, s3, s4
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def exact_sums(scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
+    """Seed 002's same-path coupling for ``black_scholes`` (the model with an exact
+    path solution): per batch entry b, sums over ``N[b]`` paths of D = P_h - P_exact,
+    D^2, P_exact, P_exact^2 (``out[b, :4]``), P_h on the grid of level ``l``.
+
+    E[D] = E[P_h] - P is the scheme's bias, estimated with the small variance of D
+    (the strong error) instead of V[P_h]. Streams are those of :func:`level_sums`
+    with the option index offset by :data:`EXACT_STREAM` (independent draws); same
+    blocks, fixed-order reduction, so bit-identical whatever the thread count.
+    """
+    B = N.shape[0]
+    nblocks = np.empty(B, np.int64)
+    total = 0
+    for b in range(B):
+        nb = (N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0
+        nblocks[b] = nb
+        total += nb
+    entry = np.empty(total, np.int64)
+    local = np.empty(total, np.int64)
+    w = 0
+    for b in range(B):
+        for j in range(nblocks[b]):
+            entry[w] = b
+            local[w] = j
+            w += 1
+    part = np.empty((total, 4))
+    milstein = scheme == 1
+    for w in numba.prange(total):
+        b = entry[w]
+        j = local[w]
+        n = min(BLOCK, N[b] - j * BLOCK)
+        st = _rng.stream(seed, EXACT_STREAM + keys[b] * 64 + l, block0[b] + j)
+        i = rows[b]
+        res = _bs_exact_block(st, n, l, M, milstein, sign, P[i, 0], P[i, 1], P[i, 2], P[i, 3], P[i, 4], P[i, 5])
+        part[w, 0] = res[1]
+        part[w, 1] = res[2]
+        part[w, 2] = res[3]
+        part[w, 3] = res[4]
+    for b in range(B):
+        for k in range(4):
+            out[b, k] = 0.0
+    for w in range(total):
+        b = entry[w]
+        for k in range(4):
+            out[b, k] += part[w, k]
+    return out
+
+
 def blocks_used(N):
     """Blocks (streams) that N samples take: what the caller adds to ``block0`` after a call."""
     N = np.asarray(N, dtype=np.int64)
@@ -367,3 +460,10 @@ def warm_up():
     one = np.zeros(1, np.int64)
     level_sums(0, 0, 1.0, 1, 2, np.ones((1, 6)), one, one, np.array([2], np.int64), one, np.uint64(0),
                np.empty((1, 6)))
+
+
+def warm_up_exact():
+    """Compile :func:`exact_sums` (only ``mlmc-test`` needs it)."""
+    one = np.zeros(1, np.int64)
+    exact_sums(0, 1.0, 1, 2, np.ones((1, 6)), one, one, np.array([2], np.int64), one, np.uint64(0),
+               np.empty((1, 4)))

@@ -32,6 +32,30 @@ block of samples); blocks already used on a level are counted, so samples
 added in later iterations are always fresh. Results are identical whatever
 the number of threads. ``seed = None`` means 0.
 
+``pricebench mlmc-test`` (:func:`bench.multilevel.mlmc_test` on
+:meth:`MultilevelMC.level_function`) reproduces Giles' ``mlmc_test`` report:
+the convergence test per level, fitted alpha, beta, gamma (or fixed with
+``--alpha``, ``--beta``, ``--gamma``: theory for GBM is alpha = 1 with
+beta = 1 for Euler, beta = 2 for Milstein, gamma = 1), and the complexity
+test per eps with the MLMC cost beside two plain-MC costs: "MC cost (level L)",
+plain MC on the finest MLMC level L (Giles' convention; its slope against eps
+is jumpy, since L moves in whole levels), and "MC cost (optimal h)", plain MC
+with n = ceil(T / h*) steps, c h*^alpha = eps / sqrt 2, from the weak-error
+model |E[P_h] - P| ~ c h^alpha with c fitted to the level corrections
+(|E Y_l| = c h_l^alpha (M^alpha - 1), levels >= 1), cost V[P] n / (eps^2 / 2);
+the savings and the fitted cost-vs-eps slope of each (theory for the latter:
+-2 - gamma/alpha, -3 for Euler). Seed 002's MSE table (plain MC on each
+level's grid, MSE = V/N + bias^2) shows the bias estimated from h vs h/M,
+M^p/(M^p - 1) |E[P_h - P_{h/M}]|, beside the exact bias: for
+``black_scholes`` (exact path solution) the level function offers
+``exact_coupling``, the kernel :func:`._mlmc_kernels.exact_sums` returning
+the sums of D = P_h - P_exact with P_exact from S_T = S0 exp((r - q -
+sigma^2/2) T + sigma W_T) on the same Brownian path, so E[D] = E[P_h] - P
+comes with the small standard error sqrt(V[D] / n) (``--exact-paths``,
+default 10 N); other models have no exact path solution and keep
+E[P_h] - exact value from independent samples, whose standard error
+sqrt(V[P_h] / N) swamps the bias beyond the coarsest levels.
+
 The price's ``stderr`` is the MLMC estimator's standard error
 sqrt(sum_l V_l / N_l); the RMS error target ``eps`` also allows a bias of up
 to eps / sqrt 2.
@@ -90,6 +114,9 @@ class KernelLevels:
         self.P = np.ascontiguousarray(P, dtype=np.float64)
         self.seed = np.uint64(seed)
         self.blocks: dict[int, np.ndarray] = {}
+        self.exact_blocks: dict[int, np.ndarray] = {}
+        if model in k.EXACT_MODELS:  # offered only where the model has an exact path solution
+            self.exact_coupling = self._exact_coupling
 
     def fine_cost(self, l: int) -> float:
         """Cost of one fine path on level l alone (path steps): what plain MC pays."""
@@ -98,7 +125,8 @@ class KernelLevels:
     def cost_per_sample(self, l: int) -> float:
         return float(self.M ** l + (self.M ** (l - 1) if l > 0 else 0))
 
-    def __call__(self, l: int, N) -> tuple[np.ndarray, np.ndarray]:
+    def _prepare_call(self, l: int, N, counts: dict[int, np.ndarray]):
+        """(N, rows, block0, used) for a call on level l; ``used`` is the block counter to advance."""
         N = np.ascontiguousarray(np.atleast_1d(np.asarray(N, dtype=np.int64)))
         B = N.size
         if l < 0 or l > self.k.MAX_LEVEL:
@@ -110,18 +138,35 @@ class KernelLevels:
             rows = np.arange(B, dtype=np.int64)
         else:
             raise ValueError(f"batch of {B} sample counts for {nrows} parameter rows")
-        used = self.blocks.get(l)
+        used = counts.get(l)
         if used is None or used.size < B:
             grown = np.zeros(B, dtype=np.int64)
             if used is not None:
                 grown[: used.size] = used
-            used = self.blocks[l] = grown
-        block0 = used[:B].copy()
+            used = counts[l] = grown
+        return N, rows, used[:B].copy(), used
+
+    def __call__(self, l: int, N) -> tuple[np.ndarray, np.ndarray]:
+        N, rows, block0, used = self._prepare_call(l, N, self.blocks)
+        B = N.size
         out = np.empty((B, 6))
         self.k.level_sums(self.model_code, self.scheme_code, self.sign, int(l), self.M, self.P, rows,
                           np.arange(B, dtype=np.int64), N, block0, self.seed, out)
         used[:B] += self.k.blocks_used(N)
         return out, N * self.cost_per_sample(l)
+
+    def _exact_coupling(self, l: int, N) -> tuple[np.ndarray, np.ndarray]:
+        """Seed 002's coupling with the exact solution (``black_scholes`` only; see
+        :mod:`bench.multilevel`): sums (B, 4) over N fresh paths of D = P_l - P_exact
+        (same Brownian path), D^2, P_exact, P_exact^2, and their cost (M^l steps each)."""
+        N, rows, block0, used = self._prepare_call(l, N, self.exact_blocks)
+        B = N.size
+        self.k.warm_up_exact()
+        out = np.empty((B, 4))
+        self.k.exact_sums(self.scheme_code, self.sign, int(l), self.M, self.P, rows, np.arange(B, dtype=np.int64),
+                          N, block0, self.seed, out)
+        used[:B] += self.k.blocks_used(N)
+        return out, N * self.fine_cost(l)
 
 
 class MultilevelMC(Pricer):
