@@ -97,14 +97,21 @@ def plot_work_precision(path: Path, task: str, rows: list[dict[str, Any]]) -> bo
     price_task = any(math.isfinite(_num(r.get("max_err_s100"))) for r, _, _ in points)
     fig = Figure(figsize=(7.5, 5.0), layout="constrained")
     ax = fig.add_subplot()
-    lines: dict[tuple[str, str], list[tuple[float, float, str, bool]]] = {}
+    # one line per method, suite label and device; a point is named by the settings that vary along its line
+    grouped: dict[tuple[str, str, str], list[tuple[float, float, dict, bool]]] = {}
     for r, t, e in points:
         complete = r.get("status") == "ok" and not _num(r.get("failures"))
-        lines.setdefault((str(r["method"]), str(r["device"])), []).append(
-            (t, max(e, floor), _settings_text(r.get("settings")), complete))
-    for (method, device), pts in sorted(lines.items()):
+        tag = r.get("label") if isinstance(r.get("label"), str) else ""
+        grouped.setdefault((str(r["method"]), tag, str(r["device"])), []).append(
+            (t, max(e, floor), _settings_dict(r.get("settings")), complete))
+    lines: dict[tuple[str, str, str], list[tuple[float, float, str, bool]]] = {}
+    for key, pts in grouped.items():
+        keys = sorted({k for p in pts for k in p[2]})
+        varying = [k for k in keys if len({json.dumps(p[2].get(k)) for p in pts}) > 1] or keys
+        lines[key] = [(t, e, ", ".join(f"{k}={d[k]}" for k in varying if k in d), c) for t, e, d, c in pts]
+    for (method, tag, device), pts in sorted(lines.items()):
         pts.sort()
-        label = method if device == "cpu" else f"{method} ({device})"
+        label = method + (f": {tag}" if tag else "") + ("" if device == "cpu" else f" ({device})")
         (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="-" if device == "cpu" else "--",
                           linewidth=1.2, label=label, alpha=0.85)
         color = line.get_color()
@@ -255,6 +262,13 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _pct(value: Any) -> str:
     v = _num(value)
     return "-" if not math.isfinite(v) else f"{100 * v:.3g}%"
+
+
+def _settings_dict(raw: Any) -> dict:
+    try:
+        return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+    except (TypeError, ValueError):
+        return {}
 
 
 def _settings_text(raw: Any) -> str:
