@@ -326,6 +326,10 @@ def task_table(task: str, rows: list[dict[str, Any]], width: int = 200):
         drop.add("note")
     if not any(math.isfinite(_num(r.get("stderr_mean"))) for r in rows):
         drop |= {"±se", "in 3se"}  # only tasks with Monte Carlo rows show standard errors
+    elif width < 110:
+        drop |= {"tier", "fails"}  # room for the standard errors: the tier follows from max err
+    if all(str(r.get("device")) == "cpu" for r in rows):
+        drop.add("dev")
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     table.add_column("#", justify="right")
     names = [n for n in ("method", "dev", "tier", "max err", "±se", "in 3se", "fails", "median", "±IQR", "per opt", "speed-up",
