@@ -47,14 +47,16 @@ class TaskData:
     method_seed: int = 0  # given to methods with a ``seed`` setting the suite leaves unset
 
 
-def method_seed(seq: np.random.SeedSequence) -> int:
+def method_seed(seq: np.random.SeedSequence, role: int = 0) -> int:
     """The seed a task gives to random methods (Monte Carlo) that the suite does not seed.
 
     A child of the task's seed sequence, so it changes with the suite seed,
     the task seed and ``--seed``, and the same seed gives the same estimates.
-    Every method of the task gets the same one (common random numbers across
-    a sweep of settings)."""
-    child = np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + (0x5EED,))
+    Every candidate method of the task gets the same one (role 0: common
+    random numbers across a sweep of settings); the reference and the pricer
+    of an implied-volatility task get their own (role 1), so a random
+    reference never shares paths with the candidates it scores."""
+    child = np.random.SeedSequence(seq.entropy, spawn_key=tuple(seq.spawn_key) + (0x5EED, role))
     return int(child.generate_state(1, np.uint32)[0])
 
 
@@ -218,7 +220,7 @@ class Runner:
     def _prepare_task(self, suite: Suite, task: Task) -> TaskData:
         self._stage = "sampling"
         seq = task_seed(suite.seed, task, self.seed)
-        seed = method_seed(seq)
+        seed, reference_seed = method_seed(seq), method_seed(seq, role=1)
         rng = np.random.default_rng(seq)
         points = sampling.sample(task.domain, task.n, task.sampler, rng, task.sampler_options)
         size = task.size
@@ -228,12 +230,12 @@ class Runner:
         self._stage = "reference"
         if task.kind == "price":
             t0 = time.perf_counter()
-            reference = self._price(task.reference, model, task.product, params, seed)
+            reference = self._price(task.reference, model, task.product, params, reference_seed)
             return TaskData(params, params, reference, time.perf_counter() - t0,
                             scoring.price_scale(params, task.size), seed)
         # implied_vol: invert prices made by the task's pricer
         self._stage = "pricing the options to invert"
-        prices = self._price(task.pricer, model, task.product, params, seed)
+        prices = self._price(task.pricer, model, task.product, params, reference_seed)
         inputs = {k: params[k] for k in ("S", "K", "T", "r", "q")}
         inputs["price"] = prices
         inputs["is_call"] = np.full(size, task.product == "european_call")

@@ -383,3 +383,10 @@ def test_random_methods_get_the_task_seed_unless_the_suite_sets_one(registry):
     draws = np.abs(1e-2 * np.random.default_rng(3).standard_normal(200))
     assert noise(seed=1, settings={"seed": 3})[0] == pytest.approx(draws.mean(), rel=1e-9)  # the suite's seed wins
     assert noise()[1] == "{}"  # the injected seed is not shown as a setting
+
+
+def test_a_random_reference_does_not_share_the_candidates_draws(registry):
+    (row,) = runner.run(make_suite(registry, ["noisy"], reference="noisy"), registry, out_dir=None).rows
+    # the same seed would reproduce the reference's noise exactly (error 0); independent draws
+    # leave two noises of 1e-2: mean |difference| about 1e-2 * sqrt(2) * sqrt(2 / pi) = 1.1e-2
+    assert 0.8e-2 < row["mae"] < 1.5e-2
