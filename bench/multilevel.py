@@ -9,7 +9,8 @@ References
   2015 (the adaptive algorithm with fitted rates, section 2.2 and 3).
 - Giles' MATLAB ``mlmc.m`` / ``mlmc_test.m`` and their Python port ``pymlmc``
   (P. E. Farrell et al.): the safeguards for small means and variances and
-  the robust remaining-bias estimate follow that code.
+  the robust remaining-bias estimate follow that code (except that the bias
+  estimate never uses level 0; see step 4 below).
 
 Level functions
 ---------------
@@ -54,9 +55,14 @@ The adaptive algorithm (:func:`mlmc`), per batch entry
    level has.
 4. Once no level needs more than 1% extra samples, the remaining bias is
    estimated from the decay of the corrections,
-   max_{k=0,1,2} m_{L-k} M^(-k alpha) / (M^alpha - 1) (= |E[Y_L]| / (M^alpha - 1)
-   when the decay is clean; the max over three levels is Giles' 2018 fix for
-   erratic means). If it exceeds sqrt(theta) eps (eps / sqrt 2) a level is
+   max_k m_{L-k} M^(-k alpha) / (M^alpha - 1) (= |E[Y_L]| / (M^alpha - 1)
+   when the decay is clean; the max over several levels is Giles' 2018 fix
+   for erratic means), over k = 0..min(3, L) - 1, i.e. the last three levels
+   but never level 0: with L = 2 only levels 2 and 1. This departs from
+   ``mlmc.m``, whose range = -2:0 takes levels 0..2 when L = 2: level 0's
+   mean is the price itself, not a correction, so its size says nothing
+   about the remaining bias (it would only inflate the estimate and add
+   levels needlessly). If it exceeds sqrt(theta) eps (eps / sqrt 2) a level is
    added: its V and C extrapolated with beta and gamma, all N_l recomputed,
    and at least N0 pilot samples drawn on it. At Lmax the entry is flagged
    instead (``lmax_hit``) and a :class:`MLMCWarning` issued.
@@ -322,7 +328,7 @@ def mlmc(
         settled = ~((dN > 0.01 * Nl) & active).any(axis=1) & ~failed
         for i in np.flatnonzero(settled):
             Li = int(L[i])
-            ks = np.arange(min(3, Li))
+            ks = np.arange(min(3, Li))  # levels Li, Li-1, Li-2 but never 0 (module docstring, step 4)
             rem = float(np.max(ml[i, Li - ks] / M ** (ks * a[i])) / (M ** a[i] - 1.0))
             bias[i] = rem
             if rem <= sqrt_theta * eps_arr[i]:

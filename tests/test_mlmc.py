@@ -203,10 +203,22 @@ def test_lmax_hit_is_flagged_and_warned():
 
 
 def test_batch_runs_entries_independently_with_per_entry_eps():
+    """Streams are keyed by the entry's index, and the driver's decisions per entry use only that
+    entry's sums: entry 0 of a batch is bit-identical to the same problem run alone."""
+    alone = multilevel.mlmc(levels(scheme="euler"), 0.2, M=4, N0=500)
     res = multilevel.mlmc(levels(scheme="euler"), [0.2, 0.05], M=4, N0=500)
     assert res.price.shape == (2,) and res.L[0] <= res.L[1]
     assert res.cost[0] < res.cost[1]
     assert np.all(np.abs(res.price - GBM_EXACT) < 3 * np.array([0.2, 0.05]))
+    assert res.L[0] == alone.L[0] and np.array_equal(res.Nl[0], alone.Nl[0])
+    assert res.price[0].tobytes() == alone.price[0].tobytes()
+    assert res.stderr[0].tobytes() == alone.stderr[0].tobytes()
+    # the pricer, a second option with other parameters (and so another level count) beside it
+    p1, s1, _ = run_pricer("black_scholes", "european_call", GBM, eps=0.2, N0=500, M=4, scheme="euler")
+    p2, s2, _ = run_pricer("black_scholes", "european_call", dict(GBM, S=[100.0, 130.0], sigma=[0.2, 0.4]),
+                            eps=0.2, N0=500, M=4, scheme="euler")
+    assert p2[0].tobytes() == p1.tobytes() and s2[0].tobytes() == s1.tobytes()
+    assert p2[1] != p2[0]
 
 
 def test_driver_rejects_bad_arguments():

@@ -89,7 +89,7 @@ class Kou(Model):
         lam, p, eta1, eta2 = params["lam"], params["p"], params["eta1"], params["eta2"]
         xp = arrays.namespace(T).lib
         var = sigma * sigma
-        zeta = p * eta1 / (eta1 - 1.0) + (1.0 - p) * eta2 / (eta2 + 1.0) - 1.0
+        zeta = jump_compensator(p, eta1, eta2)
         iu = 1j * u
         jumps = lam * (p * eta1 / (eta1 - iu) + (1.0 - p) * eta2 / (eta2 + iu) - 1.0)
         return xp.exp(T * (iu * (r - q - 0.5 * var - lam * zeta) + 0.5 * var * iu * iu + jumps))
@@ -98,11 +98,18 @@ class Kou(Model):
         T, r, q, sigma = params["T"], params["r"], params["q"], params["sigma"]
         lam, p, eta1, eta2 = params["lam"], params["p"], params["eta1"], params["eta2"]
         var = sigma * sigma
-        zeta = p * eta1 / (eta1 - 1.0) + (1.0 - p) * eta2 / (eta2 + 1.0) - 1.0
+        zeta = jump_compensator(p, eta1, eta2)
         c1 = T * (r - q - 0.5 * var - lam * zeta + lam * (p / eta1 - (1.0 - p) / eta2))
         c2 = T * (var + 2.0 * lam * (p / eta1**2 + (1.0 - p) / eta2**2))
         c4 = 24.0 * T * lam * (p / eta1**4 + (1.0 - p) / eta2**4)
         return c1, c2, c4
+
+
+def jump_compensator(p, eta1, eta2):
+    """zeta = E[exp(Y)] - 1 = p eta1/(eta1 - 1) + (1 - p) eta2/(eta2 + 1) - 1 for Kou's double-exponential
+    log jump Y, elementwise (plain arithmetic: NumPy arrays or scalars, torch tensors, and inside numba
+    kernels); the drift of ln S carries -lam zeta."""
+    return p * eta1 / (eta1 - 1.0) + (1.0 - p) * eta2 / (eta2 + 1.0) - 1.0
 
 
 def price(S, K, T, r, q, sigma, lam, p, eta1, eta2, theta):
@@ -139,6 +146,7 @@ def kernel():
     xgk, wgk, wg = _XGK, _WGK, _WG
     eps = np.finfo(np.float64).eps
     limit = LIMIT
+    compensator = numba.njit(cache=False, nogil=True)(jump_compensator)
 
     @numba.njit(cache=False, nogil=True)
     def integrand(u, w, T, b, s2, lam, p, eta1, eta2, k):
@@ -212,7 +220,7 @@ def kernel():
                 out[i] = np.nan
                 continue
             s2 = sg * sg
-            zeta = pp * e1 / (e1 - 1.0) + (1.0 - pp) * e2 / (e2 + 1.0) - 1.0
+            zeta = compensator(pp, e1, e2)
             b = r_ - q_ - 0.5 * s2 - lm * zeta
             k = math.log(k_ / s_)
             disc = math.exp(-r_ * t_)

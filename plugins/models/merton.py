@@ -69,21 +69,27 @@ class Merton(Model):
         T, r, q, sigma = params["T"], params["r"], params["q"], params["sigma"]
         lam, mu_j, sigma_j = params["lam"], params["mu_j"], params["sigma_j"]
         var, var_j = sigma * sigma, sigma_j * sigma_j
-        kbar = xp.expm1(mu_j + 0.5 * var_j)
+        kbar = jump_compensator(mu_j, sigma_j)
         iu = 1j * u
         jumps = lam * (xp.exp(iu * mu_j + 0.5 * var_j * iu * iu) - 1.0)
         return xp.exp(T * (iu * (r - q - 0.5 * var - lam * kbar) + 0.5 * var * iu * iu + jumps))
 
     def cumulants(self, params):
-        xp = arrays.namespace(params["T"]).lib
         T, r, q, sigma = params["T"], params["r"], params["q"], params["sigma"]
         lam, mu_j, sigma_j = params["lam"], params["mu_j"], params["sigma_j"]
         var, var_j = sigma * sigma, sigma_j * sigma_j
-        kbar = xp.expm1(mu_j + 0.5 * var_j)
+        kbar = jump_compensator(mu_j, sigma_j)
         c1 = T * (r - q - 0.5 * var - lam * kbar + lam * mu_j)
         c2 = T * (var + lam * (mu_j * mu_j + var_j))
         c4 = T * lam * (mu_j**4 + 6.0 * mu_j * mu_j * var_j + 3.0 * var_j * var_j)
         return c1, c2, c4
+
+
+def jump_compensator(mu_j, sigma_j):
+    """kbar = E[exp(Y)] - 1 = exp(mu_j + sigma_j^2/2) - 1 for Y ~ N(mu_j, sigma_j^2), elementwise
+    (NumPy arrays or scalars, or torch tensors); the drift of ln S carries -lam kbar."""
+    x = mu_j + 0.5 * (sigma_j * sigma_j)
+    return arrays.namespace(x).lib.expm1(x)
 
 
 def price(S, K, T, r, q, sigma, lam, mu_j, sigma_j, theta):
@@ -100,7 +106,7 @@ def price(S, K, T, r, q, sigma, lam, mu_j, sigma_j, theta):
     with np.errstate(all="ignore"):
         var_j = sigma_j * sigma_j
         log1k = mu_j + 0.5 * var_j  # ln(1 + kbar)
-        kbar = np.expm1(log1k)
+        kbar = jump_compensator(mu_j, sigma_j)
         lam_t = lam * T
         D = np.exp(-r * T)
         # ln F_0 - ln K, then + n log1k per jump

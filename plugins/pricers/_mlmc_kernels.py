@@ -63,6 +63,7 @@ from pricebench_plugins.pricers import _rng
 
 BLOCK = 512  # samples per random stream; fixed: changing it changes every result
 MAX_LEVEL = 63  # streams are keyed by key * 64 + level
+_BK_GRID_MAX = 1 << 23  # values (64 MiB) of the per-call ln mu(t) table of black_karasinski
 
 MODELS = ("black_scholes", "heston", "cev", "sinh_lv", "black_karasinski")
 EXACT_MODELS = ("black_scholes",)  # models with an exact path solution (:func:`exact_sums`)
@@ -248,7 +249,7 @@ def _sinh_block(st, n, l, M, sign, S0, K, T, r, lam):
 
 @_jit
 def _bk_block(st, n, l, M, r0, alpha, sigma, T, lnmu):
-    """``lnmu[k]`` = ln mu(t_{k+1}) at the fine grid's step ends (called once per block)."""
+    """``lnmu[k]`` = ln mu(t_{k+1}) at the fine grid's step ends (:func:`_bk_log_level`)."""
     nc = M ** (l - 1) if l > 0 else 1
     mf = M if l > 0 else 1
     hf = T / (nc * mf)
@@ -294,6 +295,15 @@ def _bk_block(st, n, l, M, r0, alpha, sigma, T, lnmu):
     return st, s1, s2, s3, s4, s5, s6
 
 
+@_jit
+def _bk_log_level(mu, amp, T, nf, out):
+    """``out[k]`` = ln mu(t_{k+1}), t_k = k T / nf: the reversion level at the fine grid's step ends
+    (numba's copy of :func:`pricebench_plugins.models.black_karasinski._log_level`)."""
+    hf = T / nf
+    for k in range(nf):
+        out[k] = math.log(mu + amp * math.sin((k + 1) * hf))
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     """Sums over ``N[b]`` samples of level ``l`` for every batch entry b (``out[b, :6]``).
@@ -321,6 +331,20 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
             w += 1
     part = np.empty((total, 6))
     milstein = scheme == 1
+    # black_karasinski: ln mu(t) on the fine grid, once per parameter row in use (not per block) while
+    # the table stays under _BK_GRID_MAX values; beyond that, per block as before (same values)
+    nf = M ** l
+    nrows = P.shape[0]
+    need = np.zeros(nrows, np.bool_)
+    bk_table = model == 4 and nrows * nf <= _BK_GRID_MAX
+    if bk_table:
+        for b in range(B):
+            if N[b] > 0:
+                need[rows[b]] = True
+    grid = np.empty((nrows if bk_table else 0, nf))
+    for ir in numba.prange(grid.shape[0]):  # not inside the if: there this prange gave wrong tables
+        if need[ir]:
+            _bk_log_level(P[ir, 3], P[ir, 4], P[ir, 5], nf, grid[ir])
     for w in numba.prange(total):
         b = entry[w]
         j = local[w]
@@ -336,19 +360,12 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
             res = _cev_block(st, n, l, M, sign, P[i, 0], P[i, 1], P[i, 2], P[i, 3], P[i, 4], P[i, 5], P[i, 6])
         elif model == 3:
             res = _sinh_block(st, n, l, M, sign, P[i, 0], P[i, 1], P[i, 2], P[i, 3], P[i, 4])
+        elif bk_table:
+            res = _bk_block(st, n, l, M, P[i, 0], P[i, 1], P[i, 2], P[i, 5], grid[i])
         else:
-            r0 = P[i, 0]
-            alpha = P[i, 1]
-            sig = P[i, 2]
-            mu = P[i, 3]
-            amp = P[i, 4]
-            T = P[i, 5]
-            nf = M ** l
-            hf = T / nf
             lnmu = np.empty(nf)
-            for k in range(nf):
-                lnmu[k] = math.log(mu + amp * math.sin((k + 1) * hf))
-            res = _bk_block(st, n, l, M, r0, alpha, sig, T, lnmu)
+            _bk_log_level(P[i, 3], P[i, 4], P[i, 5], nf, lnmu)
+            res = _bk_block(st, n, l, M, P[i, 0], P[i, 1], P[i, 2], P[i, 5], lnmu)
         part[w, 0] = res[1]
         part[w, 1] = res[2]
         part[w, 2] = res[3]

@@ -234,11 +234,15 @@ class MonteCarlo(Pricer):
         elif name in ("merton", "kou"):
             lam, sigma = p["lam"], p["sigma"]
             if name == "merton":
+                from pricebench_plugins.models.merton import jump_compensator
+
                 j1, j2, j3 = p["mu_j"], p["sigma_j"], np.zeros_like(S)
-                comp = np.expm1(j1 + 0.5 * j2 * j2)
+                comp = jump_compensator(j1, j2)
             else:
+                from pricebench_plugins.models.kou import jump_compensator
+
                 j1, j2, j3 = p["p"], p["eta1"], p["eta2"]
-                comp = j1 * j2 / (j2 - 1.0) + (1.0 - j1) * j3 / (j3 + 1.0) - 1.0
+                comp = jump_compensator(j1, j2, j3)
             drift = r - q - 0.5 * sigma * sigma - lam * comp
             nsub = np.maximum(np.ceil(lam * T / n / 20.0), 1.0)  # Poisson means per draw <= 20
             P = np.stack([S, K, T, r, q, sigma, lam, j1, j2, j3, drift, nsub], axis=1)
@@ -257,7 +261,7 @@ class MonteCarlo(Pricer):
 
     def _bk_grid(self, p: dict) -> np.ndarray:
         """Per-option values on the time grid t_k = k T/n: ln mu(t_k) (Euler) or m(t_k) (exact)."""
-        from pricebench_plugins.models.black_karasinski import log_rate_mean
+        from pricebench_plugins.models.black_karasinski import _log_level, log_rate_mean
 
         n = self.nsteps_
         nmax = int(n.max()) if n.size else 1
@@ -266,7 +270,7 @@ class MonteCarlo(Pricer):
         if self.scheme_ == "exact":
             return np.ascontiguousarray(log_rate_mean(t, p["r0"], p["alpha"], p["mu"], p["mu_sin"]))
         with np.errstate(divide="ignore"):
-            G = np.log(p["mu"][:, None] + p["mu_sin"][:, None] * np.sin(t))
+            G = _log_level(t, p["mu"][:, None], p["mu_sin"][:, None])
         G[:, 0] = 0.0  # unused (the level is taken at each step's end)
         return np.ascontiguousarray(G)
 

@@ -5,7 +5,8 @@ Algorithm: Giles' adaptive MLMC as in his ``mlmc.m`` and the Python port
 docstring): levels l = 0..L with time step h_l = T / M^l, N0 pilot samples
 per level starting from L = Lmin, optimal N_l = ceil(2 eps^-2 sqrt(V_l / C_l)
 sum_k sqrt(V_k C_k)) for variance eps^2 / 2, and levels added while the bias
-estimate max_k |E Y_{L-k}| M^(-k alpha) / (M^alpha - 1) exceeds eps / sqrt 2
+estimate max_k |E Y_{L-k}| M^(-k alpha) / (M^alpha - 1) (k < min(3, L): never
+level 0, unlike mlmc.m when L = 2) exceeds eps / sqrt 2
 (up to Lmax; reaching Lmax short of that issues an ``MLMCWarning``). Rates
 alpha, beta, gamma (h units) are fitted by regression over levels 1..L unless
 given as settings. The whole batch advances together: each iteration runs
@@ -222,29 +223,32 @@ class MultilevelMC(Pricer):
         self.check_device(device)
         self._check()
         scheme = self.resolved_scheme(model.name)
+        if not self.can_price(model.name, product):
+            raise ValueError(f"pricer {self.name!r} does not price {product!r} under {model.name!r}")
+        self.model_, self.product_, self.device_ = model, product, device
         self.shape_ = np.shape(params[next(iter(params))])
         flat = {k: np.ravel(v) for k, v in params.items()}
-        super().prepare(model, product, flat, device, array_backend="numpy")
         self.scheme_ = scheme
         self.sign_ = -1.0 if product.endswith("_put") else 1.0
         k = _kernels()
         k.warm_up()  # compile (or load from the cache) outside the timed region
+        from bench import multilevel  # here, untimed: it loads pandas, which loading the plugin need not
+
+        self.driver_ = multilevel.mlmc
         P = np.stack([np.asarray(flat[c], dtype=np.float64) for c in _COLUMNS[model.name]], axis=1)
         return {"P": np.ascontiguousarray(P)}
 
     # ------------------------------------------------------------------ pricing
 
     def price(self, inputs):
-        from bench import multilevel
-
         P = inputs["P"]
         B = P.shape[0]
         if B == 0:
             return PriceResult(np.empty(self.shape_), np.empty(self.shape_))
         levels = KernelLevels(self.model_.name, self.scheme_, self.sign_, self.M, P,
                               self.seed if self.seed is not None else 0)
-        res = multilevel.mlmc(levels, self.eps, M=self.M, N0=self.N0, Lmin=self.Lmin, Lmax=self.Lmax,
-                              alpha=self.alpha, beta=self.beta, gamma=self.gamma, batch=B)
+        res = self.driver_(levels, self.eps, M=self.M, N0=self.N0, Lmin=self.Lmin, Lmax=self.Lmax,
+                           alpha=self.alpha, beta=self.beta, gamma=self.gamma, batch=B)
         self.result_ = res
         reason = np.where(res.reason == "", "", "mlmc: " + res.reason.astype(str))
         return PriceResult(price=res.price.reshape(self.shape_), stderr=res.stderr.reshape(self.shape_),
