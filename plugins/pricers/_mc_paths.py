@@ -33,6 +33,10 @@ A sample is one path, or with ``anti`` the average of a pair. Shifting by the bl
 first sample keeps the sums of squares free of cancellation when the variance is small
 against the mean (bonds).
 
+The one-step updates (GBM Euler/Milstein, Heston full-truncation Euler, CEV, sinh_lv and
+Black-Karasinski Euler, the trapezoid integral) and the payoff live in :mod:`._sde`, shared with
+the ``mlmc`` kernels and inlined here.
+
 Compiled with ``error_model="numpy"`` (no division checks) and ``fastmath={"contract"}``
 only: LLVM may fuse a * b + c into one FMA instruction (rounded once), nothing else, so
 results stay deterministic on a given machine and thread count independent; they may differ
@@ -57,7 +61,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from pricebench_plugins.pricers import _rng
+from pricebench_plugins.pricers import _rng, _sde
 
 BLOCK = 2048  # paths per random stream (even: antithetic pairs never straddle two blocks)
 NACC = 8
@@ -89,6 +93,23 @@ def _acc(first, y, x, ys, xs, sy, syy, sx, sxx, sxy):
     return ys, xs, sy + dy, syy + dy * dy, sx + dx, sxx + dx * dx, sxy + dx * dy
 
 
+@_ijit
+def _acc_pair(anti, hasb, ns, ya, yb, xa, xb, ys, xs, sy, syy, sx, sxx, sxy):
+    """Add the samples of one pair of lanes (ns so far): with ``anti`` their average, else A and
+    (if the block has it) B. Returns ns and the sums updated."""
+    if anti:
+        ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, 0.5 * (ya + yb), 0.5 * (xa + xb), ys, xs, sy, syy,
+                                             sx, sxx, sxy)
+        ns += 1
+    else:
+        ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, ya, xa, ys, xs, sy, syy, sx, sxx, sxy)
+        ns += 1
+        if hasb:
+            ys, xs, sy, syy, sx, sxx, sxy = _acc(False, yb, xb, ys, xs, sy, syy, sx, sxx, sxy)
+            ns += 1
+    return ns, ys, xs, sy, syy, sx, sxx, sxy
+
+
 @_jit
 def _store(acc, o, b, n, ys, sy, syy, xs, sx, sxx, sxy):
     acc[o, b, 0] = n
@@ -101,9 +122,7 @@ def _store(acc, o, b, n, ys, sy, syy, xs, sx, sxx, sxy):
     acc[o, b, 7] = sxy
 
 
-@_ijit
-def _pay(cp, s, K):
-    return max(cp * (s - K), 0.0)
+_pay = _sde.payoff
 
 
 # --------------------------------------------------------------------------- Black-Scholes
@@ -171,8 +190,8 @@ def _blk_gbm(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
                     zb = -za
                 else:
                     st, zb = normal(st)
-                sa *= c0 + za * (c1 + c2 * za)
-                sb *= c0 + zb * (c1 + c2 * zb)
+                sa = _sde.gbm_step(sa, za, c0, c1, c2)
+                sb = _sde.gbm_step(sb, zb, c0, c1, c2)
                 if store:
                     X[k, pa] = sa
                     if hasb:
@@ -181,16 +200,8 @@ def _blk_gbm(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
         yb = disc * _pay(cp, sb, K)
         xa = disc * sa if cv else 0.0
         xb = disc * sb if cv else 0.0
-        if anti:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, 0.5 * (ya + yb), 0.5 * (xa + xb), ys, xs, sy, syy,
-                                                 sx, sxx, sxy)
-            ns += 1
-        else:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, ya, xa, ys, xs, sy, syy, sx, sxx, sxy)
-            ns += 1
-            if hasb:
-                ys, xs, sy, syy, sx, sxx, sxy = _acc(False, yb, xb, ys, xs, sy, syy, sx, sxx, sxy)
-                ns += 1
+        ns, ys, xs, sy, syy, sx, sxx, sxy = _acc_pair(anti, hasb, ns, ya, yb, xa, xb, ys, xs, sy, syy,
+                                                     sx, sxx, sxy)
     _store(acc, o, b, ns, ys, sy, syy, xs, sx, sxx, sxy)
 
 
@@ -251,10 +262,7 @@ def _heuler_step(st, v, x, w, draw, z1, z2, dt, sdt, c0, kdt, theta, xi, rho, rh
     if draw:
         st, z1 = normal(st)
         st, z2 = normal(st)
-    vp = max(v, 0.0)
-    sv = math.sqrt(vp)
-    x += c0 - 0.5 * vp * dt + sv * sdt * z1
-    v += kdt * (theta - vp) + xi * sv * sdt * (rho * z1 + rhob * z2)
+    v, x = _sde.heston_euler_step(v, x, z1, rho * z1 + rhob * z2, dt, sdt, c0, kdt, theta, xi)
     w += z1
     return st, v, x, w
 
@@ -351,16 +359,8 @@ def _blk_heston(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
         else:
             ca = 0.0
             cb = 0.0
-        if anti:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, 0.5 * (ya + yb), 0.5 * (ca + cb), ys, xs, sy, syy,
-                                                 sx, sxx, sxy)
-            ns += 1
-        else:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, ya, ca, ys, xs, sy, syy, sx, sxx, sxy)
-            ns += 1
-            if hasb:
-                ys, xs, sy, syy, sx, sxx, sxy = _acc(False, yb, cb, ys, xs, sy, syy, sx, sxx, sxy)
-                ns += 1
+        ns, ys, xs, sy, syy, sx, sxx, sxy = _acc_pair(anti, hasb, ns, ya, yb, ca, cb, ys, xs, sy, syy,
+                                                     sx, sxx, sxy)
     _store(acc, o, b, ns, ys, sy, syy, xs, sx, sxx, sxy)
 
 
@@ -473,16 +473,8 @@ def _blk_jump(P, nsteps, cp, seed, npaths, anti, cv, kind, acc, X, o, b):
         yb = disc * _pay(cp, sb, K)
         xa = disc * sa if cv else 0.0
         xb = disc * sb if cv else 0.0
-        if anti:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, 0.5 * (ya + yb), 0.5 * (xa + xb), ys, xs, sy, syy,
-                                                 sx, sxx, sxy)
-            ns += 1
-        else:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, ya, xa, ys, xs, sy, syy, sx, sxx, sxy)
-            ns += 1
-            if hasb:
-                ys, xs, sy, syy, sx, sxx, sxy = _acc(False, yb, xb, ys, xs, sy, syy, sx, sxx, sxy)
-                ns += 1
+        ns, ys, xs, sy, syy, sx, sxx, sxy = _acc_pair(anti, hasb, ns, ya, yb, xa, xb, ys, xs, sy, syy,
+                                                     sx, sxx, sxy)
     _store(acc, o, b, ns, ys, sy, syy, xs, sx, sxx, sxy)
 
 
@@ -499,24 +491,6 @@ def euro_jump(P, nsteps, cp, seed, npaths, anti, cv, kind, acc, i0, i1, X):
 # cev P columns: S, K, T, r, q, sigma, beta; sinh_lv P columns: S, K, T, r, q, lam
 
 
-@_ijit
-def _cev_step(s, z, a0, c1, beta, bk):
-    """Euler step of dS = (r-q) S dt + sigma S^beta dW, absorbed at 0 (a0 = 1 + (r-q) dt)."""
-    if s > 0.0:
-        if bk == 1:
-            loc = s
-        elif bk == 2:
-            loc = math.sqrt(s)
-        elif bk == 0:
-            loc = 1.0
-        else:
-            loc = math.exp(beta * math.log(s))
-        s = s * a0 + c1 * loc * z
-        if s <= 0.0:
-            s = 0.0
-    return s
-
-
 @_jit
 def _blk_cev(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
     """One block (paths b*BLOCK ... of option o): see the module docstring."""
@@ -528,14 +502,7 @@ def _blk_cev(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
     q = P[o, 4]
     sig = P[o, 5]
     beta = P[o, 6]
-    if beta == 1.0:
-        bk = 1
-    elif beta == 0.5:
-        bk = 2
-    elif beta == 0.0:
-        bk = 0
-    else:
-        bk = 3
+    bk = _sde.cev_kind(beta)
     n = nsteps[o]
     dt = T / n
     a0 = 1.0 + (r - q) * dt
@@ -557,8 +524,8 @@ def _blk_cev(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
                 zb = -za
             else:
                 st, zb = normal(st)
-            sa = _cev_step(sa, za, a0, c1, beta, bk)
-            sb = _cev_step(sb, zb, a0, c1, beta, bk)
+            sa = _sde.cev_step(sa, za, a0, c1, beta, bk)
+            sb = _sde.cev_step(sb, zb, a0, c1, beta, bk)
             if store:
                 X[k, pa] = sa
                 if hasb:
@@ -567,16 +534,8 @@ def _blk_cev(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
         yb = disc * _pay(cp, sb, K)
         xa = disc * sa if cv else 0.0
         xb = disc * sb if cv else 0.0
-        if anti:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, 0.5 * (ya + yb), 0.5 * (xa + xb), ys, xs, sy, syy,
-                                                 sx, sxx, sxy)
-            ns += 1
-        else:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, ya, xa, ys, xs, sy, syy, sx, sxx, sxy)
-            ns += 1
-            if hasb:
-                ys, xs, sy, syy, sx, sxx, sxy = _acc(False, yb, xb, ys, xs, sy, syy, sx, sxx, sxy)
-                ns += 1
+        ns, ys, xs, sy, syy, sx, sxx, sxy = _acc_pair(anti, hasb, ns, ya, yb, xa, xb, ys, xs, sy, syy,
+                                                     sx, sxx, sxy)
     _store(acc, o, b, ns, ys, sy, syy, xs, sx, sxx, sxy)
 
 
@@ -644,8 +603,8 @@ def _blk_sinh(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
                     zb = -za
                 else:
                     st, zb = normal(st)
-                sa = sa * a0 + math.sqrt(two_r * sa * sa + lam2) * sdt * za
-                sb = sb * a0 + math.sqrt(two_r * sb * sb + lam2) * sdt * zb
+                sa = _sde.sinh_euler_step(sa, za, a0, two_r, lam2, sdt)
+                sb = _sde.sinh_euler_step(sb, zb, a0, two_r, lam2, sdt)
                 if store:
                     X[k, pa] = sa
                     if hasb:
@@ -654,16 +613,8 @@ def _blk_sinh(P, nsteps, cp, seed, npaths, anti, cv, scheme, acc, X, o, b):
         yb = disc * _pay(cp, sb, K)
         xa = disc * sa if cv else 0.0
         xb = disc * sb if cv else 0.0
-        if anti:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, 0.5 * (ya + yb), 0.5 * (xa + xb), ys, xs, sy, syy,
-                                                 sx, sxx, sxy)
-            ns += 1
-        else:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, ya, xa, ys, xs, sy, syy, sx, sxx, sxy)
-            ns += 1
-            if hasb:
-                ys, xs, sy, syy, sx, sxx, sxy = _acc(False, yb, xb, ys, xs, sy, syy, sx, sxx, sxy)
-                ns += 1
+        ns, ys, xs, sy, syy, sx, sxx, sxy = _acc_pair(anti, hasb, ns, ya, yb, xa, xb, ys, xs, sy, syy,
+                                                     sx, sxx, sxy)
     _store(acc, o, b, ns, ys, sy, syy, xs, sx, sxx, sxy)
 
 
@@ -725,25 +676,14 @@ def _blk_bk(P, nsteps, G, seed, npaths, anti, scheme, acc, o, b):
                 xa = g + e * (xa - gk) + sd * za
                 xb = g + e * (xb - gk) + sd * zb
             else:
-                xa += e * (g - xa) + sd * za
-                xb += e * (g - xb) + sd * zb
-            na = math.exp(xa)
-            nb = math.exp(xb)
-            Ia += hdt * (ra + na)  # trapezoid rule for int r dt
-            Ib += hdt * (rb + nb)
-            ra = na
-            rb = nb
+                xa = _sde.bk_euler_step(xa, za, e, g, sd)
+                xb = _sde.bk_euler_step(xb, zb, e, g, sd)
+            ra, Ia = _sde.trapezoid(Ia, hdt, ra, xa)  # int r dt
+            rb, Ib = _sde.trapezoid(Ib, hdt, rb, xb)
         ya = math.exp(-Ia)
         yb = math.exp(-Ib)
-        if anti:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, 0.5 * (ya + yb), 0.0, ys, xs, sy, syy, sx, sxx, sxy)
-            ns += 1
-        else:
-            ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, ya, 0.0, ys, xs, sy, syy, sx, sxx, sxy)
-            ns += 1
-            if hasb:
-                ys, xs, sy, syy, sx, sxx, sxy = _acc(False, yb, 0.0, ys, xs, sy, syy, sx, sxx, sxy)
-                ns += 1
+        ns, ys, xs, sy, syy, sx, sxx, sxy = _acc_pair(anti, hasb, ns, ya, yb, 0.0, 0.0, ys, xs, sy, syy,
+                                                     sx, sxx, sxy)
     _store(acc, o, b, ns, ys, sy, syy, xs, sx, sxx, sxy)
 
 

@@ -28,6 +28,10 @@ Schemes (all payoffs discounted; ``sign`` = +1 call, -1 put):
   int_0^T r dt by the trapezoid rule on the path's own grid, payoff
   exp(-int r dt) (the zero-coupon bond).
 
+The one-step updates and the payoff are those of the ``mc`` kernels (:mod:`._sde`, inlined):
+the fine path feeds them standard normals, the coarse path the summed Brownian increments.
+CEV takes S^beta exactly for beta = 0, 1/2, 1 (1, sqrt(S), S), exp(beta ln S) otherwise.
+
 Seed 002's exact coupling (``black_scholes`` only, the model with an exact
 path solution): :func:`exact_sums` returns on level l the sums of
 D = P_h - P_exact, D^2, P_exact and P_exact^2, where P_h is the scheme's path
@@ -59,7 +63,7 @@ import math
 import numba
 import numpy as np
 
-from pricebench_plugins.pricers import _rng
+from pricebench_plugins.pricers import _rng, _sde
 
 BLOCK = 512  # samples per random stream; fixed: changing it changes every result
 MAX_LEVEL = 63  # streams are keyed by key * 64 + level
@@ -81,6 +85,14 @@ COLUMNS = {
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add(pf, pc, s1, s2, s3, s4, s5, s6):
+    """Add one sample (Y = pf - pc) to the level sums."""
+    y = pf - pc
+    y2 = y * y
+    return s1 + y, s2 + y2, s3 + y2 * y, s4 + y2 * y2, s5 + pf, s6 + pf * pf
+
+
 @_jit
 def _bs_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
     nc = M ** (l - 1) if l > 0 else 1
@@ -89,7 +101,8 @@ def _bs_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
     hc = hf * mf
     sqh = math.sqrt(hf)
     mu = r - q
-    half_s2 = 0.5 * sigma * sigma
+    f0, f1, f2 = _sde.gbm_coeffs(mu, sigma, hf, sqh, hf, milstein)  # fine: standard normals
+    k0, k1, k2 = _sde.gbm_coeffs(mu, sigma, hc, 1.0, 1.0, milstein)  # coarse: Brownian increments
     disc = math.exp(-r * T)
     s1 = s2 = s3 = s4 = s5 = s6 = 0.0
     for _ in range(n):
@@ -99,26 +112,12 @@ def _bs_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
             dwc = 0.0
             for _m in range(mf):
                 st, z = _rng.normal(st)
-                dw = sqh * z
-                dwc += dw
-                if milstein:
-                    Sf = Sf * (1.0 + mu * hf + sigma * dw + half_s2 * (dw * dw - hf))
-                else:
-                    Sf = Sf * (1.0 + mu * hf + sigma * dw)
-            if milstein:
-                Sc = Sc * (1.0 + mu * hc + sigma * dwc + half_s2 * (dwc * dwc - hc))
-            else:
-                Sc = Sc * (1.0 + mu * hc + sigma * dwc)
-        pf = disc * max(sign * (Sf - K), 0.0)
-        pc = disc * max(sign * (Sc - K), 0.0) if l > 0 else 0.0
-        y = pf - pc
-        y2 = y * y
-        s1 += y
-        s2 += y2
-        s3 += y2 * y
-        s4 += y2 * y2
-        s5 += pf
-        s6 += pf * pf
+                dwc += sqh * z
+                Sf = _sde.gbm_step(Sf, z, f0, f1, f2)
+            Sc = _sde.gbm_step(Sc, dwc, k0, k1, k2)
+        pf = disc * _sde.payoff(sign, Sf, K)
+        pc = disc * _sde.payoff(sign, Sc, K) if l > 0 else 0.0
+        s1, s2, s3, s4, s5, s6 = _add(pf, pc, s1, s2, s3, s4, s5, s6)
     return st, s1, s2, s3, s4, s5, s6
 
 
@@ -131,6 +130,10 @@ def _heston_block(st, n, l, M, sign, S0, K, T, r, q, v0, kappa, theta, xi, rho):
     sqh = math.sqrt(hf)
     mu = r - q
     rho_c = math.sqrt(max(1.0 - rho * rho, 0.0))
+    mhf = mu * hf
+    mhc = mu * hc
+    khf = kappa * hf
+    khc = kappa * hc
     disc = math.exp(-r * T)
     x0 = math.log(S0)
     s1 = s2 = s3 = s4 = s5 = s6 = 0.0
@@ -145,36 +148,15 @@ def _heston_block(st, n, l, M, sign, S0, K, T, r, q, v0, kappa, theta, xi, rho):
             for _m in range(mf):
                 st, z1 = _rng.normal(st)
                 st, z2 = _rng.normal(st)
-                dw1 = sqh * z1
-                dw2 = sqh * (rho * z1 + rho_c * z2)
-                dw1c += dw1
-                dw2c += dw2
-                vp = max(vf, 0.0)
-                sv = math.sqrt(vp)
-                xf += (mu - 0.5 * vp) * hf + sv * dw1
-                vf += kappa * (theta - vp) * hf + xi * sv * dw2
-            vp = max(vc, 0.0)
-            sv = math.sqrt(vp)
-            xc += (mu - 0.5 * vp) * hc + sv * dw1c
-            vc += kappa * (theta - vp) * hc + xi * sv * dw2c
-        pf = disc * max(sign * (math.exp(xf) - K), 0.0)
-        pc = disc * max(sign * (math.exp(xc) - K), 0.0) if l > 0 else 0.0
-        y = pf - pc
-        y2 = y * y
-        s1 += y
-        s2 += y2
-        s3 += y2 * y
-        s4 += y2 * y2
-        s5 += pf
-        s6 += pf * pf
+                zv = rho * z1 + rho_c * z2
+                dw1c += sqh * z1
+                dw2c += sqh * zv
+                vf, xf = _sde.heston_euler_step(vf, xf, z1, zv, hf, sqh, mhf, khf, theta, xi)
+            vc, xc = _sde.heston_euler_step(vc, xc, dw1c, dw2c, hc, 1.0, mhc, khc, theta, xi)
+        pf = disc * _sde.payoff(sign, math.exp(xf), K)
+        pc = disc * _sde.payoff(sign, math.exp(xc), K) if l > 0 else 0.0
+        s1, s2, s3, s4, s5, s6 = _add(pf, pc, s1, s2, s3, s4, s5, s6)
     return st, s1, s2, s3, s4, s5, s6
-
-
-@_jit
-def _cev_step(S, mu, sigma, beta, h, dw):
-    """One Euler step of the CEV model for S > 0; the result is floored at 0 (absorption)."""
-    S = S + mu * S * h + sigma * math.exp(beta * math.log(S)) * dw
-    return S if S > 0.0 else 0.0
 
 
 @_jit
@@ -185,6 +167,10 @@ def _cev_block(st, n, l, M, sign, S0, K, T, r, q, sigma, beta):
     hc = hf * mf
     sqh = math.sqrt(hf)
     mu = r - q
+    af = 1.0 + mu * hf
+    ac = 1.0 + mu * hc
+    cf = sigma * sqh
+    bk = _sde.cev_kind(beta)
     disc = math.exp(-r * T)
     s1 = s2 = s3 = s4 = s5 = s6 = 0.0
     for _ in range(n):
@@ -194,22 +180,12 @@ def _cev_block(st, n, l, M, sign, S0, K, T, r, q, sigma, beta):
             dwc = 0.0
             for _m in range(mf):
                 st, z = _rng.normal(st)
-                dw = sqh * z
-                dwc += dw
-                if Sf > 0.0:  # 0 absorbs: with beta = 0 the diffusion would not vanish there
-                    Sf = _cev_step(Sf, mu, sigma, beta, hf, dw)
-            if Sc > 0.0:
-                Sc = _cev_step(Sc, mu, sigma, beta, hc, dwc)
-        pf = disc * max(sign * (Sf - K), 0.0)
-        pc = disc * max(sign * (Sc - K), 0.0) if l > 0 else 0.0
-        y = pf - pc
-        y2 = y * y
-        s1 += y
-        s2 += y2
-        s3 += y2 * y
-        s4 += y2 * y2
-        s5 += pf
-        s6 += pf * pf
+                dwc += sqh * z
+                Sf = _sde.cev_step(Sf, z, af, cf, beta, bk)  # absorbed at 0
+            Sc = _sde.cev_step(Sc, dwc, ac, sigma, beta, bk)
+        pf = disc * _sde.payoff(sign, Sf, K)
+        pc = disc * _sde.payoff(sign, Sc, K) if l > 0 else 0.0
+        s1, s2, s3, s4, s5, s6 = _add(pf, pc, s1, s2, s3, s4, s5, s6)
     return st, s1, s2, s3, s4, s5, s6
 
 
@@ -221,6 +197,9 @@ def _sinh_block(st, n, l, M, sign, S0, K, T, r, lam):
     hc = hf * mf
     sqh = math.sqrt(hf)
     lam2 = lam * lam
+    two_r = 2.0 * r
+    af = 1.0 + r * hf
+    ac = 1.0 + r * hc
     disc = math.exp(-r * T)
     s1 = s2 = s3 = s4 = s5 = s6 = 0.0
     for _ in range(n):
@@ -230,20 +209,12 @@ def _sinh_block(st, n, l, M, sign, S0, K, T, r, lam):
             dwc = 0.0
             for _m in range(mf):
                 st, z = _rng.normal(st)
-                dw = sqh * z
-                dwc += dw
-                Sf = Sf + r * Sf * hf + math.sqrt(2.0 * r * Sf * Sf + lam2) * dw
-            Sc = Sc + r * Sc * hc + math.sqrt(2.0 * r * Sc * Sc + lam2) * dwc
-        pf = disc * max(sign * (Sf - K), 0.0)
-        pc = disc * max(sign * (Sc - K), 0.0) if l > 0 else 0.0
-        y = pf - pc
-        y2 = y * y
-        s1 += y
-        s2 += y2
-        s3 += y2 * y
-        s4 += y2 * y2
-        s5 += pf
-        s6 += pf * pf
+                dwc += sqh * z
+                Sf = _sde.sinh_euler_step(Sf, z, af, two_r, lam2, sqh)
+            Sc = _sde.sinh_euler_step(Sc, dwc, ac, two_r, lam2, 1.0)
+        pf = disc * _sde.payoff(sign, Sf, K)
+        pc = disc * _sde.payoff(sign, Sc, K) if l > 0 else 0.0
+        s1, s2, s3, s4, s5, s6 = _add(pf, pc, s1, s2, s3, s4, s5, s6)
     return st, s1, s2, s3, s4, s5, s6
 
 
@@ -258,6 +229,9 @@ def _bk_block(st, n, l, M, r0, alpha, sigma, T, lnmu):
     x0 = math.log(r0)
     ah = alpha * hf
     ahc = alpha * hc
+    sdf = sigma * sqh
+    hhf = 0.5 * hf
+    hhc = 0.5 * hc
     s1 = s2 = s3 = s4 = s5 = s6 = 0.0
     for _ in range(n):
         xf = x0
@@ -271,27 +245,15 @@ def _bk_block(st, n, l, M, r0, alpha, sigma, T, lnmu):
             dwc = 0.0
             for _m in range(mf):
                 st, z = _rng.normal(st)
-                dw = sqh * z
-                dwc += dw
-                xf += ah * (lnmu[k] - xf) + sigma * dw
-                rnew = math.exp(xf)
-                intf += rf + rnew
-                rf = rnew
+                dwc += sqh * z
+                xf = _sde.bk_euler_step(xf, z, ah, lnmu[k], sdf)
+                rf, intf = _sde.trapezoid(intf, hhf, rf, xf)
                 k += 1
-            xc += ahc * (lnmu[k - 1] - xc) + sigma * dwc
-            rnew = math.exp(xc)
-            intc += rc + rnew
-            rc = rnew
-        pf = math.exp(-0.5 * hf * intf)
-        pc = math.exp(-0.5 * hc * intc) if l > 0 else 0.0
-        y = pf - pc
-        y2 = y * y
-        s1 += y
-        s2 += y2
-        s3 += y2 * y
-        s4 += y2 * y2
-        s5 += pf
-        s6 += pf * pf
+            xc = _sde.bk_euler_step(xc, dwc, ahc, lnmu[k - 1], sigma)
+            rc, intc = _sde.trapezoid(intc, hhc, rc, xc)
+        pf = math.exp(-intf)
+        pc = math.exp(-intc) if l > 0 else 0.0
+        s1, s2, s3, s4, s5, s6 = _add(pf, pc, s1, s2, s3, s4, s5, s6)
     return st, s1, s2, s3, s4, s5, s6
 
 
@@ -392,8 +354,8 @@ def _bs_exact_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
     hf = T / nf
     sqh = math.sqrt(hf)
     mu = r - q
-    half_s2 = 0.5 * sigma * sigma
-    drift = (mu - half_s2) * T
+    drift = (mu - 0.5 * sigma * sigma) * T
+    f0, f1, f2 = _sde.gbm_coeffs(mu, sigma, hf, sqh, hf, milstein)
     disc = math.exp(-r * T)
     s1 = s2 = s3 = s4 = 0.0
     for _ in range(n):
@@ -401,14 +363,10 @@ def _bs_exact_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
         w = 0.0
         for _k in range(nf):
             st, z = _rng.normal(st)
-            dw = sqh * z
-            w += dw
-            if milstein:
-                S = S * (1.0 + mu * hf + sigma * dw + half_s2 * (dw * dw - hf))
-            else:
-                S = S * (1.0 + mu * hf + sigma * dw)
-        ph = disc * max(sign * (S - K), 0.0)
-        pe = disc * max(sign * (S0 * math.exp(drift + sigma * w) - K), 0.0)
+            w += sqh * z
+            S = _sde.gbm_step(S, z, f0, f1, f2)
+        ph = disc * _sde.payoff(sign, S, K)
+        pe = disc * _sde.payoff(sign, S0 * math.exp(drift + sigma * w), K)
         d = ph - pe
         s1 += d
         s2 += d * d
