@@ -372,3 +372,24 @@ def test_cuda_agrees_with_the_reference(model, kw):
     with pytest.raises(Unsupported):
         pricer = cls(backend="numba")
         pricer.prepare(mdl, "european_call", mdl.validate(raw), device="cuda")
+
+
+def test_cached_kernels_are_dropped_when_an_inlined_file_changes(tmp_path):
+    from types import SimpleNamespace
+
+    from pricebench_plugins.pricers import _jitcache
+
+    (tmp_path / "kern.py").write_text("kernel")
+    (tmp_path / "dep.py").write_text("v1")
+    cache = tmp_path / "__pycache__"
+    fake = SimpleNamespace(_cache=SimpleNamespace(_cache_path=str(cache)))
+    namespace = {"__file__": str(tmp_path / "kern.py"), "f": fake}
+    _jitcache.refresh(namespace, ["dep.py"])
+    entries = [cache / "kern.f-1.py311.nbi", cache / "kern.f-1.py311.1.nbc", cache / "other.g-2.py311.nbi"]
+    for path in entries:
+        path.write_text("machine code")
+    _jitcache.refresh(namespace, ["dep.py"])  # nothing changed: the cache stays
+    assert all(p.exists() for p in entries)
+    (tmp_path / "dep.py").write_text("v2")  # an inlined dependency changed: this module's entries go
+    _jitcache.refresh(namespace, ["dep.py"])
+    assert [p.exists() for p in entries] == [False, False, True]

@@ -61,7 +61,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from pricebench_plugins.pricers import _rng, _sde
+from pricebench_plugins.pricers import _jitcache, _rng, _sde
 
 BLOCK = 2048  # paths per random stream (even: antithetic pairs never straddle two blocks)
 NACC = 8
@@ -829,3 +829,7 @@ def lsm(X, n, npaths, K, r, dt, cp, deg, anti, acc, o):
                 ys, xs, sy, syy, sx, sxx, sxy = _acc(ns == 0, D[first + j], 0.0, ys, xs, sy, syy, sx, sxx, sxy)
                 ns += 1
         _store(acc, o, b, ns, ys, sy, syy, xs, sx, sxx, sxy)
+
+
+# numba checks only this file's time stamp: drop cached kernels when _rng or _sde (inlined here) changed
+_jitcache.refresh(globals(), ["_rng.py", "_sde.py"])

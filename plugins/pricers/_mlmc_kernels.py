@@ -63,7 +63,7 @@ import math
 import numba
 import numpy as np
 
-from pricebench_plugins.pricers import _rng, _sde
+from pricebench_plugins.pricers import _jitcache, _rng, _sde
 
 BLOCK = 512  # samples per random stream; fixed: changing it changes every result
 MAX_LEVEL = 63  # streams are keyed by key * 64 + level
@@ -442,3 +442,7 @@ def warm_up_exact():
     one = np.zeros(1, np.int64)
     exact_sums(0, 1.0, 1, 2, np.ones((1, 6)), one, one, np.array([2], np.int64), one, np.uint64(0),
                np.empty((1, 4)))
+
+
+# numba checks only this file's time stamp: drop cached kernels when _rng or _sde (inlined here) changed
+_jitcache.refresh(globals(), ["_rng.py", "_sde.py"])
