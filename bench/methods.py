@@ -317,6 +317,11 @@ class Pricer(Method):
     def can_price(cls, model: str, product: str) -> bool:
         return product in cls.supports.get(model, ())
 
+    def check_task(self, model: str, product: str) -> None:
+        """Raise :class:`SettingError` if these settings cannot price ``product`` under ``model``
+        (a scheme the model lacks, say). Suites call it while they are validated, so the
+        error names the file, task and setting before anything runs; the default accepts."""
+
     def prepare(self, model: Model, product: str, params: Mapping[str, np.ndarray], device: str = "cpu",
                 array_backend: str | None = None) -> Any:
         """Untimed set-up; returns the inputs of :meth:`price`, resident on ``device``.

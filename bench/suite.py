@@ -369,12 +369,19 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
     if not isinstance(td["methods"], list) or not td["methods"]:
         raise SuiteError(path, "must list at least one method", label, "methods")
     for j, entry in enumerate(td["methods"]):
-        methods.extend(_method_specs(entry, registry, path, label, f"methods[{j}]", devices, method_kinds))
-    for spec in methods:
-        cls = registry.get(spec.kind, spec.name)
-        if spec.kind == "pricer" and not cls.can_price(model.name, product):
-            raise SuiteError(path, f"pricer {spec.name!r} does not price {product!r} under {model.name!r}",
-                             label, "methods")
+        specs = _method_specs(entry, registry, path, label, f"methods[{j}]", devices, method_kinds)
+        for spec in specs:
+            cls = registry.get(spec.kind, spec.name)
+            if spec.kind != "pricer":
+                continue
+            if not cls.can_price(model.name, product):
+                raise SuiteError(path, f"pricer {spec.name!r} does not price {product!r} under {model.name!r}",
+                                 label, "methods")
+            try:
+                cls(**spec.settings).check_task(model.name, product)
+            except SettingError as exc:
+                raise SuiteError(path, str(exc), label, f"methods[{j}].settings.{exc.setting}") from None
+        methods.extend(specs)
 
     # reference (and the pricer that makes implied_vol prices)
     pricer = None

@@ -204,3 +204,14 @@ def test_cli_rejects_bad_numbers_before_running(tmp_path, capsys):
     assert cli.main(["run", "--out", str(afile)]) == 2
     assert "--out" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", [{"name": "mc", "settings": {"scheme": ["exact", "qe"]}},
+                                    {"name": "mlmc", "settings": {"scheme": "milstein"}}])
+def test_a_setting_the_task_s_model_cannot_use_is_caught_before_anything_runs(method):
+    data = mutated(["tasks", 0, "methods"], [{"name": "closed_form"}, method])
+    if method["name"] == "mlmc":  # milstein exists for black_scholes only
+        data["tasks"][0]["model"] = "cev"
+        data["tasks"][0]["fixed"] = {"S": 100.0, "beta": 0.5}
+    with pytest.raises(SuiteError, match=r"task 'calls': key 'methods\[1\]\.settings\.scheme'"):
+        parse(data)

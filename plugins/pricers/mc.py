@@ -185,6 +185,9 @@ class MonteCarlo(Pricer):
                 f"use {' or '.join(map(repr, ('auto',) + allowed))}", "scheme")
         return self.scheme
 
+    def check_task(self, model: str, product: str) -> None:
+        self.scheme_for(model)
+
     def prepare(self, model, product, params, device="cpu", array_backend=None):
         self.check_device(device)
         if not self.can_price(model.name, product):

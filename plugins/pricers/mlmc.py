@@ -74,7 +74,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from bench import hookimpl
-from bench.methods import Model, PriceResult, Pricer, Setting, Unsupported
+from bench.methods import Model, PriceResult, Pricer, Setting, SettingError, Unsupported
 
 __version__ = "1"
 
@@ -206,9 +206,12 @@ class MultilevelMC(Pricer):
         if self.scheme == "auto":
             return "milstein" if model == "black_scholes" else "euler"
         if self.scheme == "milstein" and model != "black_scholes":
-            raise ValueError(f"pricer 'mlmc': setting 'scheme' = 'milstein' is implemented for black_scholes "
-                             f"only, not {model!r}; use 'euler' or 'auto'")
+            raise SettingError(f"pricer 'mlmc': setting 'scheme' = 'milstein' is implemented for black_scholes "
+                               f"only, not {model!r}; use 'euler' or 'auto'", "scheme")
         return self.scheme
+
+    def check_task(self, model: str, product: str) -> None:
+        self.resolved_scheme(model)
 
     def _check(self):
         if self.Lmax < self.Lmin:
