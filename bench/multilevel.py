@@ -76,8 +76,6 @@ function does one pass per level over every option that needs samples.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -989,20 +987,9 @@ def render(res: MLMCTestResult, console=None) -> None:
 
 
 def _atomic_savefig(fig, path: Path) -> None:
-    """Save through a temporary file in the same folder, then rename (like bench.report)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from bench.report import save_figure
+
+    save_figure(fig, path)
 
 
 def _figure(size):

@@ -153,11 +153,18 @@ def plot_work_precision(path: Path, task: str, rows: list[dict[str, Any]]) -> bo
                  fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure atomically (temporary file in the same folder, then rename; mode 0644)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=dpi)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -165,7 +172,6 @@ def plot_work_precision(path: Path, task: str, rows: list[dict[str, Any]]) -> bo
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return True
 
 
 def targets_table(task: str, rows: list[dict[str, Any]]) -> Table | None:
