@@ -103,7 +103,7 @@ def plot_work_precision(path: Path, task: str, rows: list[dict[str, Any]]) -> bo
         complete = r.get("status") == "ok" and not _num(r.get("failures"))
         tag = r.get("label") if isinstance(r.get("label"), str) else ""
         grouped.setdefault((str(r["method"]), tag, str(r["device"])), []).append(
-            (t, max(e, floor), _settings_dict(r.get("settings")), complete))
+            (t, max(e, floor), _settings_dict(r.get("settings")) or {}, complete))
     lines: dict[tuple[str, str, str], list[tuple[float, float, str, bool]]] = {}
     for key, pts in grouped.items():
         keys = sorted({k for p in pts for k in p[2]})
@@ -270,17 +270,17 @@ def _pct(value: Any) -> str:
     return "-" if not math.isfinite(v) else f"{100 * v:.3g}%"
 
 
-def _settings_dict(raw: Any) -> dict:
+def _settings_dict(raw: Any) -> dict | None:
+    """A cell's settings from their JSON text (or a mapping); None if they do not parse."""
     try:
         return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
     except (TypeError, ValueError):
-        return {}
+        return None
 
 
 def _settings_text(raw: Any) -> str:
-    try:
-        settings = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
-    except (TypeError, ValueError):
+    settings = _settings_dict(raw)
+    if settings is None:
         return str(raw)
     return ", ".join(f"{k}={v}" for k, v in settings.items())
 

@@ -266,6 +266,37 @@ def _bk_log_level(mu, amp, T, nf, out):
         out[k] = math.log(mu + amp * math.sin((k + 1) * hf))
 
 
+@numba.njit(cache=True, nogil=True)
+def _partition(N):
+    """The work items of a call: (entry b, block j of b) for every block of N[b] samples, in order."""
+    total = 0
+    for b in range(N.shape[0]):
+        total += (N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0
+    entry = np.empty(total, np.int64)
+    local = np.empty(total, np.int64)
+    w = 0
+    for b in range(N.shape[0]):
+        for j in range((N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0):
+            entry[w] = b
+            local[w] = j
+            w += 1
+    return entry, local
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce(part, entry, out):
+    """out[b, k] = the sum of part[w, k] over the items w of entry b, in item order (thread-count free)."""
+    width = part.shape[1]
+    for b in range(out.shape[0]):
+        for k in range(width):
+            out[b, k] = 0.0
+    for w in range(entry.shape[0]):
+        b = entry[w]
+        for k in range(width):
+            out[b, k] += part[w, k]
+    return out
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     """Sums over ``N[b]`` samples of level ``l`` for every batch entry b (``out[b, :6]``).
@@ -277,20 +308,8 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     N[b] = 0 get zeros.
     """
     B = N.shape[0]
-    nblocks = np.empty(B, np.int64)
-    total = 0
-    for b in range(B):
-        nb = (N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0
-        nblocks[b] = nb
-        total += nb
-    entry = np.empty(total, np.int64)
-    local = np.empty(total, np.int64)
-    w = 0
-    for b in range(B):
-        for j in range(nblocks[b]):
-            entry[w] = b
-            local[w] = j
-            w += 1
+    entry, local = _partition(N)
+    total = entry.shape[0]
     part = np.empty((total, 6))
     milstein = scheme == 1
     # black_karasinski: ln mu(t) on the fine grid, once per parameter row in use (not per block) while
@@ -334,15 +353,7 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
         part[w, 3] = res[4]
         part[w, 4] = res[5]
         part[w, 5] = res[6]
-    # fixed-order reduction: the same sums whichever thread ran which block
-    for b in range(B):
-        for k in range(6):
-            out[b, k] = 0.0
-    for w in range(total):
-        b = entry[w]
-        for k in range(6):
-            out[b, k] += part[w, k]
-    return out
+    return _reduce(part, entry, out)  # fixed order: the same sums whichever thread ran which block
 
 
 @_jit
@@ -386,21 +397,8 @@ def exact_sums(scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     with the option index offset by :data:`EXACT_STREAM` (independent draws); same
     blocks, fixed-order reduction, so bit-identical whatever the thread count.
     """
-    B = N.shape[0]
-    nblocks = np.empty(B, np.int64)
-    total = 0
-    for b in range(B):
-        nb = (N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0
-        nblocks[b] = nb
-        total += nb
-    entry = np.empty(total, np.int64)
-    local = np.empty(total, np.int64)
-    w = 0
-    for b in range(B):
-        for j in range(nblocks[b]):
-            entry[w] = b
-            local[w] = j
-            w += 1
+    entry, local = _partition(N)
+    total = entry.shape[0]
     part = np.empty((total, 4))
     milstein = scheme == 1
     for w in numba.prange(total):
@@ -414,14 +412,7 @@ def exact_sums(scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
         part[w, 1] = res[2]
         part[w, 2] = res[3]
         part[w, 3] = res[4]
-    for b in range(B):
-        for k in range(4):
-            out[b, k] = 0.0
-    for w in range(total):
-        b = entry[w]
-        for k in range(4):
-            out[b, k] += part[w, k]
-    return out
+    return _reduce(part, entry, out)
 
 
 def blocks_used(N):
