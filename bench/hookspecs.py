@@ -74,3 +74,42 @@ def register_metrics(register: Register) -> None:
     Every registered metric is computed for every leaderboard cell and
     becomes a column of the CSV leaderboard.
     """
+
+
+@hookspec
+def register_task_kinds(register: Register) -> None:
+    """Register task kinds: subclasses of :class:`bench.kinds.TaskKind`.
+
+    A task kind is what a suite's ``kind = "..."`` names. It owns everything
+    that differs between kinds, so the runner and the suite reader contain no
+    ``if kind == ...``:
+
+    - ``keys``: the suite keys it adds to the common ones (``name``,
+      ``model``, ``product``, ``n``, ``domain``, ``methods``, ...), and
+      :meth:`~bench.kinds.TaskKind.parse` validates them (raising
+      :class:`bench.suite.SuiteError` naming the key) into picklable options;
+    - ``method_kinds``: which kinds of method its candidates are;
+    - :meth:`~bench.kinds.TaskKind.build`: the task data every cell shares
+      (sampled points, inputs, reference), computed once per task;
+    - ``timing``: ``"repeat"`` (untimed prepare, discarded first call,
+      calibrated loops, median and IQR) or ``"once"`` (a long step such as a
+      fit, timed once and reported apart), and
+      :meth:`~bench.kinds.TaskKind.prepare` which returns the call to time;
+    - :meth:`~bench.kinds.TaskKind.score`: the accuracy columns of a cell.
+
+    The built-in kinds ``price`` and ``implied_vol`` are registered this way
+    (``pricebench_plugins.kinds``).
+    """
+
+
+@hookspec
+def register_commands(register: Register) -> None:
+    """Register ``pricebench`` sub-commands: subclasses of :class:`bench.commands.Command`.
+
+    A command has a ``name`` (what follows ``pricebench``), a ``help`` line,
+    ``add_arguments(parser)`` for its argparse options and ``run(args, out,
+    err)`` returning the exit code. A method's own report (``mlmc-test``,
+    registered by the plugin that owns the ``mlmc`` pricer) lives with the
+    method this way instead of in ``bench/cli.py``. A command name that
+    clashes with a built-in command is an error naming the plugin.
+    """

@@ -25,7 +25,9 @@ from typing import Any, Iterable
 import pluggy
 
 from bench import hookspecs
-from bench.methods import BASES
+from bench.commands import Command
+from bench.kinds import TaskKind
+from bench.methods import BASES as METHOD_BASES
 
 ENV_VAR = "PRICEBENCH_PLUGINS"
 
@@ -37,10 +39,17 @@ HOOKS = {
     "register_pricers": "pricer",
     "register_root_finders": "root_finder",
     "register_approximators": "approximator",
+    "register_task_kinds": "task_kind",
+    "register_commands": "command",
 }
 KINDS = tuple(HOOKS.values())
 # keyword arguments of bench.price / bench.implied_vol that a setting could not be passed through
 RESERVED_SETTINGS = {"model", "product", "device", "price", "kind", "S", "K", "T", "r", "q"}
+
+
+# what each kind of registered thing must subclass
+BASES: dict[str, type] = {**METHOD_BASES, "task_kind": TaskKind, "command": Command}
+_COMMAND_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
 
 class PluginError(Exception):
@@ -142,6 +151,11 @@ def _check_registered(kind: str, obj: Any) -> type:
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise TypeError(f"register_{kind}s expects a subclass of {base.__name__}, got {obj!r}")
     name = getattr(obj, "name", "")
+    if kind == "command":
+        if not isinstance(name, str) or not _COMMAND_NAME.fullmatch(name):
+            raise TypeError(f"{obj.__name__}.name must be a command name (lower-case letters, digits, '-', '_'), "
+                            f"got {name!r}")
+        return obj
     if not isinstance(name, str) or not name.isidentifier():
         raise TypeError(f"{obj.__name__}.name must be an identifier-like string, got {name!r}")
     clash = sorted(set(getattr(obj, "settings", {})) & (set(dir(base)) | RESERVED_SETTINGS))
