@@ -25,7 +25,7 @@ from rich.table import Table
 
 import bench
 from bench import plugins as plugin_host
-from bench import report, runner, suite as suite_mod
+from bench import executors, report, runner, suite as suite_mod
 from bench.plugins import PluginError, PluginLoadWarning
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -75,7 +75,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or all (default: the devices each task names)")
     p.add_argument("--out", default="results", metavar="DIR", help="results folder (default: ./results)")
     p.add_argument("--seed", type=_count(0), help="override the suites' seeds")
-    p.add_argument("--threads", type=_count(1), help="limit BLAS/torch/numba threads (default: the suite's, else all)")
+    p.add_argument("--threads", type=_count(1),
+                   help="threads per cell for BLAS/torch/numba (default: the suite's, else 1)")
+    p.add_argument("--executor", choices=tuple(executors.EXECUTORS), default="serial",
+                   help="where cells run: serial (this process), process (a worker process the timeout can kill), "
+                        "dask (a dask.distributed cluster)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask scheduler address (tcp://host:8786); default: a LocalCluster on this machine")
+    p.add_argument("--workers", type=_count(1), metavar="N",
+                   help="LocalCluster workers for --executor dask (default: CPUs / threads)")
+    p.add_argument("--save-outputs", action="store_true",
+                   help="also save every cell's outputs (outputs/<cell_key>.npz) so scores can be recomputed")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="complete an interrupted run: compute only its missing cells (same suite and seed)")
 
     p = sub.add_parser("show", parents=[common], help="re-render a saved leaderboard")
     p.add_argument("path", help="a run folder or its leaderboard.csv")
@@ -161,8 +173,16 @@ def cmd_run(args, out: Console, err: Console) -> int:
     registry = _load_registry(args, err)
     names = args.suites or [str(suite_mod.default_suite_path())]
     suites = [suite_mod.load(name, registry) for name in names]  # validate all before running any
+    if args.scheduler and args.executor != "dask":
+        raise suite_mod.SuiteError("--scheduler", "needs --executor dask")
+    if args.workers and args.executor != "dask":
+        raise suite_mod.SuiteError("--workers", "needs --executor dask")
+    if args.resume and len(suites) != 1:
+        raise suite_mod.SuiteError("--resume", "resumes one run: name exactly one suite")
     options = dict(out_dir=args.out, device=args.device, tasks=args.task, methods=args.method, seed=args.seed,
-                   threads=args.threads)
+                   threads=args.threads, executor=args.executor, save_outputs=args.save_outputs,
+                   resume=args.resume,
+                   executor_options={"scheduler": args.scheduler, "workers": args.workers})
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise suite_mod.SuiteError(out_dir, "--out must be a folder, and this is a file")
@@ -204,6 +224,13 @@ def cmd_show(args, out: Console, err: Console) -> int:
         title = (f"{meta.get('suite')} · run {meta.get('run_id')} · seed {meta.get('seed')} · "
                  f"{machine.get('cpu')}" + (f" · {machine['gpu']}" if machine.get("gpu") else ""))
     report.render(rows, out, title)
+    if meta and meta.get("status", "finished" if meta.get("finished") else "unfinished") != "finished":
+        planned = meta.get("cells_planned")
+        count = f"{len(rows)} of {planned}" if planned else f"{len(rows)}"
+        folder = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent
+        out.print(f"[bold yellow]this run did not finish[/] ({meta.get('status', 'no finish time')}): {count} cells "
+                  f"saved; complete it with: pricebench run {meta.get('suite_path', meta.get('suite'))} "
+                  f"--resume {folder}", highlight=False)
     return EXIT_OK
 
 
@@ -350,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
     try:
         return COMMANDS[args.command](args, out, err)
-    except (suite_mod.SuiteError, PluginError) as exc:
+    except (suite_mod.SuiteError, PluginError, executors.ExecutorError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return EXIT_USAGE
     except FileNotFoundError as exc:
@@ -359,8 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # writing results: disk full, permissions
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return EXIT_FAILURE
+    except runner.RunInterrupted as exc:
+        err.print(f"[red]{exc.message}[/]", highlight=False)
+        return 130
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]: finished tasks are saved")
+        err.print("[red]interrupted[/] before any cell ran: nothing was saved")
         return 130
 
 

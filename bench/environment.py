@@ -10,6 +10,7 @@ import contextlib
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -111,3 +112,80 @@ def describe() -> dict:
         "threads": thread_settings(),
         "git_commit": git_commit(),
     }
+
+
+def host_name() -> str:
+    """The machine a cell ran on (rows record it; speed-ups compare cells of one host)."""
+    return platform.node() or "unknown"
+
+
+def thread_env(n: int) -> dict[str, str]:
+    """Environment variables that pin every thread pool to ``n`` threads in a process started with them.
+
+    numba reads ``NUMBA_NUM_THREADS`` once, at import; dask does not set it, so
+    workers get it in their environment before they start."""
+    return {var: str(n) for var in THREAD_VARS}
+
+
+def _busy_cpu_seconds() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(v for k, v in t._asdict().items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class LoadMonitor:
+    """The machine's load while a cell was timed: enter before timing, exit after.
+
+    Records the 1-minute load average, the process's own CPU time as a share of
+    the wall time (``cpu_share``), and the cores other processes kept busy
+    (``others_cpu``: all busy CPU time less this process's, per second of wall
+    time). A cell is ``busy`` when other processes used more cores than the
+    machine had left beside the cell's own threads: its timing competed for
+    CPUs.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = max(1, int(threads))
+        self.values: dict[str, float | bool] = {}
+
+    def __enter__(self) -> "LoadMonitor":
+        self._wall = time.perf_counter()
+        self._own = _own_cpu_seconds()
+        try:
+            self._busy = _busy_cpu_seconds()
+        except Exception:  # noqa: BLE001 - no psutil or no /proc: record what we can
+            self._busy = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = max(time.perf_counter() - self._wall, 1e-9)
+        own = _own_cpu_seconds() - self._own
+        cpus = os.cpu_count() or 1
+        values: dict[str, float | bool] = {"cpu_share": own / wall}
+        try:
+            values["load_1m"] = os.getloadavg()[0]
+        except OSError:
+            values["load_1m"] = float("nan")
+        if self._busy is not None:
+            others = max((_busy_cpu_seconds() - self._busy - own) / wall, 0.0)
+            values["others_cpu"] = others
+            values["busy"] = bool(others > cpus - self.threads + 0.25)
+        else:
+            values["others_cpu"] = float("nan")
+            values["busy"] = bool(values["load_1m"] > cpus + 0.5)
+        self.values = values
+
+    def note(self) -> str:
+        """A note for the row's message when the cell was timed on a busy machine, else ''."""
+        if not self.values.get("busy"):
+            return ""
+        cpus = os.cpu_count() or 1
+        return (f"busy machine: other processes kept {self.values['others_cpu']:.1f} of {cpus} CPUs busy while "
+                f"this cell ({self.threads} thread{'s' if self.threads > 1 else ''}) was timed; "
+                f"load {self.values['load_1m']:.1f}")

@@ -86,12 +86,85 @@ class Entry:
     plugin: str
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """A serialisable description of a plugin set, from which another process or machine
+    rebuilds the same registry: which entry points (``only``), the source text of the
+    ``--plugins-dir`` modules, and in-memory plugin objects pickled by value (cloudpickle)."""
+
+    only: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
+    objects: tuple[tuple[str, bytes | None, str], ...] = ()  # (name, pickled or None, why not)
+
+    @classmethod
+    def describe(cls, plugins_dir, extra, only) -> "PluginSource":
+        files = ()
+        if plugins_dir is not None and Path(plugins_dir).is_dir():
+            files = tuple((p.name, p.read_text(encoding="utf-8", errors="replace"))
+                          for p in sorted(Path(plugins_dir).glob("*.py")))
+        objects = []
+        for name, obj in extra:
+            try:
+                import cloudpickle
+
+                objects.append((name, cloudpickle.dumps(obj), ""))
+            except Exception as exc:  # noqa: BLE001 - only a worker process would need it
+                objects.append((name, None, f"{type(exc).__name__}: {exc}"))
+        return cls(os.environ.get(ENV_VAR) if only is None else only, files, tuple(objects))
+
+    def check_portable(self) -> None:
+        """Raise PluginError if some plugin cannot be rebuilt in another process."""
+        for name, blob, why in self.objects:
+            if blob is None:
+                raise PluginError(f"plugin {name!r} cannot be sent to worker processes ({why}); install it as an "
+                                  "entry point or load it with --plugins-dir")
+
+    def load(self) -> "Registry":
+        """Rebuild the registry this source describes (in a worker process)."""
+        import pickle
+        import tempfile
+
+        self.check_portable()
+        extra = [(name, pickle.loads(blob)) for name, blob, _ in self.objects]
+        folder = None
+        if self.files:
+            folder = tempfile.mkdtemp(prefix="pricebench-plugins-")
+            for filename, text in self.files:
+                (Path(folder) / filename).write_text(text, encoding="utf-8")
+        saved = os.environ.pop(ENV_VAR, None)  # None means every entry point, whatever this process's environment
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PluginLoadWarning)  # the main process reported them already
+                return load(plugins_dir=folder, extra=extra, only=self.only)
+        finally:
+            if saved is not None:
+                os.environ[ENV_VAR] = saved
+
+
+_FROM_SOURCE: dict[int, "Registry"] = {}
+
+
+def registry_from(source: PluginSource) -> "Registry":
+    """The registry of ``source``, built once per process (workers call this for every cell)."""
+    key = hash(source)
+    if key not in _FROM_SOURCE:
+        _FROM_SOURCE[key] = source.load()
+    return _FROM_SOURCE[key]
+
+
 class Registry:
     """Everything the loaded plugins registered, by kind and name."""
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.plugins: list[PluginInfo] = []
+        self.source: PluginSource = PluginSource()
 
     # ------------------------------------------------------------------ lookup
     def get(self, kind: str, name: str) -> type:
@@ -122,6 +195,10 @@ class Registry:
 
     def model(self, name: str):
         return self.get("model", name)()
+
+    def task_kind(self, name: str):
+        """The registered task kind called ``name`` (an instance)."""
+        return self.get("task_kind", name)()
 
     @property
     def errors(self) -> list[PluginInfo]:
@@ -208,6 +285,7 @@ def load(
     load; empty loads no entry-point plugin; unset loads all.
     """
     registry = Registry()
+    registry.source = PluginSource.describe(plugins_dir, extra, only)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     selected = _selected(os.environ.get(ENV_VAR) if only is None else only)
@@ -224,8 +302,8 @@ def load(
         info = PluginInfo(ep.name, ep.dist.version if ep.dist else "?", f"entry point: {dist_name}")
         try:
             candidates.append((info, ep.load()))
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
-            info.error = f"failed to import {ep.value}: {type(exc).__name__}: {exc}"
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+            info.error = f"failed to import {ep.value}: {_describe(exc)}"
             registry.plugins.append(info)
 
     for name in sorted((selected or {}).keys() - matched):
@@ -242,8 +320,8 @@ def load(
                 module = _load_file(path)
                 info.version = str(getattr(module, "__version__", "-"))
                 candidates.append((info, module))
-            except Exception as exc:  # noqa: BLE001
-                info.error = f"failed to import {path}: {type(exc).__name__}: {exc}"
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
+                info.error = f"failed to import {path}: {_describe(exc)}"
                 registry.plugins.append(info)
 
     for name, obj in extra:
@@ -279,8 +357,8 @@ def load(
                 for impl in impls:
                     wants = ("register" in impl.argnames) or ("register" in impl.kwargnames)
                     impl.function(**({"register": register} if wants else {}))
-        except Exception as exc:  # noqa: BLE001 - report once, keep the others
-            info.error = f"{type(exc).__name__} in a hook: {exc}"
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - report once, keep the others
+            info.error = f"{_describe(exc)} in a hook"
             pm.unregister(obj)
         else:
             registry._admit(info, staged)

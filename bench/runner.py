@@ -1,20 +1,22 @@
-"""Run a suite: sample -> reference -> run and time each cell -> score.
+"""Run a suite, top-down:
 
-A cell is one (task, method configuration, device). Every cell ends up as a
-leaderboard row with a status: ``ok``, ``failed`` (every point NaN or not
-converged), ``error`` (the method raised or returned the wrong shape),
-``timeout`` or ``skipped`` (no GPU, unsupported device or backend). A
-failing cell never stops the run. Results are written after every task, so
-an interrupted run keeps what it finished.
+    plan cells -> build each task's data once -> hand cells to an executor
+    -> store each row as it finishes -> speed-ups -> report
+
+A cell is one (task, method configuration, device) and becomes one row
+(:class:`bench.cells.CellResult`) with a status; a failing cell never stops
+the run. Task kinds (:mod:`bench.kinds`) decide how data is built, how a
+method is called and timed, and how a cell is scored; executors
+(:mod:`bench.executors`) decide where cells run; the results store
+(:mod:`bench.store`) appends each row the moment it finishes, so an
+interrupted run keeps every finished cell and ``resume`` completes it.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
-import math
-import time
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,28 +25,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench import arrays, environment, report, sampling
-from bench.methods import IVResult, PriceResult, Unsupported
+from bench import atomic, environment, executors, report
+from bench.cells import CellResult, CellSpec
+from bench.kinds import Seeds, TaskData
 from bench.plugins import Registry
-from bench import scoring
-from bench.scoring import score
-from bench.suite import MethodSpec, Suite, Task
-from bench.timing import CellTimeout, deadline, measure
+from bench.store import SCHEMA_VERSION, RunStore, StoreError, new_run_id
+from bench.suite import MethodSpec, Suite, SuiteError, Task
 
-SCHEMA_VERSION = 1
+__all__ = ["Runner", "RunResult", "RunInterrupted", "run", "task_seed", "method_seed", "SCHEMA_VERSION",
+           "new_run_id"]
+
 DEVICE_CHOICES = ("default", "cpu", "cuda", "all")
-
-
-@dataclass
-class TaskData:
-    """What every cell of a task shares: the batch, its inputs and the reference."""
-
-    params: dict[str, np.ndarray]
-    inputs: dict[str, np.ndarray]  # what methods receive (model params, or IV inputs)
-    reference: np.ndarray
-    reference_s: float
-    scale: np.ndarray | None = None  # price tasks: per-point factor to S = 100
-    method_seed: int = 0  # given to methods with a ``seed`` setting the suite leaves unset
+DEFAULT_THREADS = 1
 
 
 def method_seed(seq: np.random.SeedSequence, role: int = 0) -> int:
@@ -60,22 +52,6 @@ def method_seed(seq: np.random.SeedSequence, role: int = 0) -> int:
     return int(child.generate_state(1, np.uint32)[0])
 
 
-def with_seed(cls: type, settings: dict[str, Any], seed: int) -> dict[str, Any]:
-    """``settings`` plus ``seed`` when the method has a ``seed`` setting left unset (None)."""
-    if "seed" in getattr(cls, "settings", {}) and settings.get("seed") is None:
-        return dict(settings, seed=seed)
-    return dict(settings)
-
-
-@dataclass
-class RunResult:
-    suite: Suite
-    run_id: str
-    directory: Path | None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
 def task_seed(base: int, task: Task, override: int | None) -> np.random.SeedSequence:
     """The task's seed sequence: its own seed, else derived from the suite seed and its name.
 
@@ -89,9 +65,55 @@ def task_seed(base: int, task: Task, override: int | None) -> np.random.SeedSequ
     return np.random.SeedSequence([base, zlib.crc32(task.name.encode())])
 
 
-def new_run_id() -> str:
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
+def suite_hash(suite: Suite) -> str:
+    """A hash of what the suite's tasks define (resume checks it is the same suite)."""
+    blob = json.dumps([[t.name, t.definition(), t.seed] for t in suite.tasks], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunResult:
+    suite: Suite
+    run_id: str
+    directory: Path | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; carries what was saved."""
+
+    def __init__(self, result: RunResult, planned: int):
+        super().__init__()
+        self.result, self.planned = result, planned
+
+    @property
+    def message(self) -> str:
+        done = len(self.result.rows)
+        if self.result.directory is None:
+            return f"interrupted after {done} of {self.planned} cells; nothing is saved (no output folder)"
+        return (f"interrupted: {done} of {self.planned} cells are saved in {self.result.directory} "
+                f"(rows.jsonl, leaderboard.csv); complete the run with: pricebench run "
+                f"{self.result.suite.path} --resume {self.result.directory}")
+
+
+def speedups(rows: list[dict[str, Any]], task: Task) -> None:
+    """Speed-up of each row against the task's baseline measured on the same host (CPU)."""
+    if task.baseline is None:
+        return
+    wanted = None if task.baseline_settings is None else json.dumps(task.baseline_settings, sort_keys=True)
+    bases = {}
+    for r in rows:
+        if (r["method"] == task.baseline and r["device"] == "cpu" and (wanted is None or r["settings"] == wanted)
+                and r["status"] in ("ok", "failed") and r.get("latency_median_s") == r.get("latency_median_s")
+                and r.get("latency_median_s")):
+            bases.setdefault(r.get("host", ""), r)
+    for row in rows:
+        row["baseline"] = task.baseline
+        base = bases.get(row.get("host", ""))
+        median = row.get("latency_median_s")
+        if base is not None and median and median == median:
+            row["speedup"] = base["latency_median_s"] / median
 
 
 class Runner:
@@ -105,12 +127,19 @@ class Runner:
         methods: Sequence[str] = (),
         seed: int | None = None,
         threads: int | None = None,
+        executor: str = "serial",
+        executor_options: dict[str, Any] | None = None,
+        save_outputs: bool = False,
+        resume: str | Path | None = None,
         on_start: Callable[[int], None] | None = None,
         on_cell: Callable[[dict[str, Any]], None] | None = None,
         on_task: Callable[[Task, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         if device not in DEVICE_CHOICES:
             raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
+        if executor not in executors.EXECUTORS:
+            raise executors.ExecutorError(f"unknown executor {executor!r} (executors: "
+                                          f"{', '.join(executors.EXECUTORS)})")
         self.registry = registry
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = device
@@ -118,10 +147,11 @@ class Runner:
         self.method_patterns = list(methods)
         self.seed = seed
         self.threads = threads
+        self.executor = executor
+        self.executor_options = dict(executor_options or {})
+        self.save_outputs = save_outputs
+        self.resume = Path(resume) if resume is not None else None
         self.on_start, self.on_cell, self.on_task = on_start, on_cell, on_task
-        self._stamp: dict[str, str] = {}
-        self._stage = ""
-        self.metrics = {name: registry.get("metric", name)() for name in registry.names("metric")}
 
     # ------------------------------------------------------------------ selection
     def selected_tasks(self, suite: Suite) -> list[Task]:
@@ -151,280 +181,204 @@ class Runner:
                 plan.append((task, cells))
         return plan
 
+    def threads_for(self, suite: Suite) -> int:
+        """Threads per cell: --threads, else the suite's, else 1 (pinned: timings do not depend on load)."""
+        return self.threads or suite.threads or DEFAULT_THREADS
+
+    def cell_specs(self, suite: Suite, run_id: str) -> list[tuple[Task, Seeds, list[CellSpec]]]:
+        out = []
+        for task, cells in self.plan(suite):
+            seq = task_seed(suite.seed, task, self.seed)
+            seeds = Seeds(seq, method_seed(seq), method_seed(seq, role=1))
+            entropy = f"{seq.entropy}:{tuple(seq.spawn_key)}"
+            specs = []
+            for spec, device in cells:
+                entry = self.registry.entry(spec.kind, spec.name)
+                specs.append(CellSpec.create(
+                    suite=suite.name, run_id=run_id, task=task, spec=spec, device=device, version=entry.cls.version,
+                    plugin=entry.plugin, method_seed=seeds.method, seed_entropy=entropy,
+                    threads=self.threads_for(suite), save_outputs=self.save_outputs))
+            out.append((task, seeds, specs))
+        return out
+
+    # ------------------------------------------------------------------ task data
+    def prepare_task(self, suite: Suite, task: Task) -> TaskData:
+        """The data every cell of ``task`` shares (points, inputs, reference), read-only."""
+        seq = task_seed(suite.seed, task, self.seed)
+        return self._build(task, Seeds(seq, method_seed(seq), method_seed(seq, role=1)), suite)
+
+    def _build(self, task: Task, seeds: Seeds, suite: Suite) -> TaskData:
+        kind = self.registry.task_kind(task.kind)
+        with environment.limit_threads(self.threads or suite.threads):
+            return kind.build(task, seeds, self.registry).freeze()
+
     # ------------------------------------------------------------------ the run
     def run(self, suite: Suite) -> RunResult:
         plan = self.plan(suite)
         if not plan:
             raise ValueError("no task and method match the --task/--method filters")
-        with environment.limit_threads(self.threads if self.threads is not None else suite.threads):
-            return self._run(suite, plan)
+        resumed = self._check_resume(suite)
+        # the executor starts before anything is written: a scheduler it cannot reach writes nothing
+        with executors.create(self.executor, self.registry, threads=self.threads_for(suite),
+                              **self.executor_options) as executor:
+            return self._run(suite, executor, resumed)
 
-    def _run(self, suite: Suite, plan) -> RunResult:
-        run_id = new_run_id()
-        self._stamp = {"suite": suite.name, "run_id": run_id}
-        directory = self.out_dir / suite.name / run_id if self.out_dir is not None else None
-        result = RunResult(suite, run_id, directory)
-        result.metadata = {
+    def _run(self, suite: Suite, executor: executors.Executor, resumed: RunStore | None) -> RunResult:
+        store, run_id, meta, done = self._open_store(suite, resumed)
+        result = RunResult(suite, run_id, store.directory if store else None, metadata=meta)
+        work = self.cell_specs(suite, run_id)
+        planned = sum(len(specs) for _, _, specs in work)
+        if store is not None:
+            result.rows = store.rows()
+        todo = [(task, seeds, [s for s in specs if s.key not in done]) for task, seeds, specs in work]
+        todo = [(task, seeds, specs) for task, seeds, specs in todo if specs]
+        meta["cells_planned"] = planned
+        meta["executor"] = executor.describe()
+        if self.on_start:
+            self.on_start(sum(len(specs) for _, _, specs in todo))
+        remaining = {task.name: len(specs) for task, _, specs in todo}
+        tasks = {task.name: task for task, _, _ in work}
+        try:
+            self._save_meta(store, meta)
+            for task, seeds, specs in todo:
+                data = self._task_data(task, seeds, specs, meta, store, result, remaining, suite)
+                if data is not None:
+                    executor.submit(data, specs)
+                    for row in executor.results(wait=False):
+                        self._finish_cell(row, store, result, remaining, tasks)
+            for row in executor.results(wait=True):
+                self._finish_cell(row, store, result, remaining, tasks)
+        except KeyboardInterrupt:
+            meta["status"] = "interrupted"
+            self._save_tables(store, result)
+            self._save_meta(store, meta)
+            raise RunInterrupted(result, planned) from None
+        for task in tasks.values():
+            if remaining.get(task.name, 0) == 0 and task.name in {r["task"] for r in result.rows}:
+                speedups([r for r in result.rows if r["task"] == task.name], task)
+        meta["status"] = "finished"
+        meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._save_tables(store, result)
+        self._save_meta(store, meta)
+        return result
+
+    def _check_resume(self, suite: Suite) -> RunStore | None:
+        """The run to complete, checked to be of this suite and seed (reads only)."""
+        if self.resume is None:
+            return None
+        try:
+            store = RunStore.open(self.resume)
+            meta = store.metadata()
+        except StoreError as exc:
+            raise SuiteError(self.resume, f"--resume: {exc}") from None
+        seed = self.seed if self.seed is not None else suite.seed
+        for what, theirs, ours in (("suite", meta.get("suite"), suite.name),
+                                   ("seed", meta.get("seed"), seed),
+                                   ("suite definition", meta.get("suite_hash"), suite_hash(suite))):
+            if theirs != ours:
+                raise SuiteError(self.resume, f"--resume: that run is of {what} {theirs!r}, this one of "
+                                 f"{ours!r}; resume it with the same suite and seed")
+        return store
+
+    def _open_store(self, suite: Suite, resumed: RunStore | None
+                    ) -> tuple[RunStore | None, str, dict[str, Any], set[str]]:
+        if resumed is not None:
+            store = resumed
+            meta = store.metadata()
+            meta["resumed"] = meta.get("resumed", []) + [datetime.now(timezone.utc).isoformat(timespec="seconds")]
+            meta["status"] = "running"
+            return store, meta["run_id"], meta, store.done_keys()
+        if self.out_dir is None:
+            run_id = new_run_id()
+            store = None
+        else:
+            store, run_id = RunStore.create(self.out_dir, suite.name)
+        meta = {
             "schema_version": SCHEMA_VERSION,
             "run_id": run_id,
+            "status": "running",
             "suite": suite.name,
             "suite_path": suite.path,
+            "suite_hash": suite_hash(suite),
             "suite_description": suite.description,
             "seed": self.seed if self.seed is not None else suite.seed,
+            "threads": self.threads_for(suite),
             "filters": {"tasks": self.task_patterns, "methods": self.method_patterns, "device": self.device},
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "finished": None,
-            "machine": environment.describe(),
+            "machine": environment.describe() | {"host": environment.host_name()},
+            "files": {"rows": "rows.jsonl", "samples": "samples.jsonl", "leaderboard": report.CSV_NAME},
             "tasks": {},
         }
-        if self.on_start:
-            self.on_start(sum(len(cells) for _, cells in plan))
-        for task, cells in plan:
-            rows = self.run_task(suite, task, cells, result.metadata["tasks"])
-            result.rows.extend(rows)
-            if self.on_task:
-                self.on_task(task, rows)
-            self.save_plot(result, task, rows)
-            self.save(result)
-        result.metadata["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.save(result)
-        return result
+        return store, run_id, meta, set()
 
-    def save(self, result: RunResult) -> None:
-        if result.directory is None:
-            return
-        result.directory.mkdir(parents=True, exist_ok=True)
-        report.write_csv(result.directory / report.CSV_NAME, result.rows, list(self.metrics))
-        report.write_targets(result.directory / report.TARGETS_NAME, result.rows)
-        report.write_json(result.directory / report.JSON_NAME, result.metadata)
-
-    def save_plot(self, result: RunResult, task: Task, rows: list[dict[str, Any]]) -> None:
-        if result.directory is None:
-            return
-        result.directory.mkdir(parents=True, exist_ok=True)
+    def _task_data(self, task: Task, seeds: Seeds, specs: list[CellSpec], meta: dict, store: RunStore | None,
+                   result: RunResult, remaining: dict[str, int], suite: Suite) -> TaskData | None:
         try:
-            if report.plot_work_precision(result.directory / f"{task.name}.png", task.name, rows):
-                result.metadata["tasks"][task.name]["plot"] = f"{task.name}.png"
-        except Exception as exc:  # noqa: BLE001 - a plot must not cost the results
-            result.metadata["tasks"][task.name]["plot_error"] = f"{type(exc).__name__}: {exc}"
-
-    # ------------------------------------------------------------------ one task
-    def prepare_task(self, suite: Suite, task: Task) -> TaskData:
-        data = self._prepare_task(suite, task)
-        # every cell receives the same arrays: a method that writes into its
-        # inputs must not change what later cells (and the scores) see
-        for value in (*data.inputs.values(), *data.params.values(), data.reference):
-            value.setflags(write=False)
+            data = self._build(task, seeds, suite)
+        except Exception as exc:  # noqa: BLE001 - the task fails, the run goes on
+            message = f"building the task data (sampling, reference) failed: {type(exc).__name__}: {exc}"
+            meta["tasks"][task.name] = {"error": message}
+            for spec in specs:
+                self._finish_cell(CellResult.for_cell(spec, status="error", message=message, executor=self.executor),
+                                  store, result, remaining, {task.name: task})
+            return None
+        reference = self.registry.task_kind(task.kind).reference_spec(task)
+        kind = self.registry.task_kind(task.kind)
+        meta["tasks"][task.name] = {
+            "kind": task.kind,
+            "n": task.size,
+            "reference": reference.name if reference else kind.default_reference,
+            "reference_settings": dict(reference.settings) if reference else {},
+            "reference_s": data.reference_s,
+            "seed_entropy": str(seeds.sequence.entropy),
+            "method_seed": data.method_seed,
+            "timing": kind.timing,
+        }
+        self._save_meta(store, meta)
         return data
 
-    def _prepare_task(self, suite: Suite, task: Task) -> TaskData:
-        self._stage = "sampling"
-        seq = task_seed(suite.seed, task, self.seed)
-        seed, reference_seed = method_seed(seq), method_seed(seq, role=1)
-        rng = np.random.default_rng(seq)
-        points = sampling.sample(task.domain, task.n, task.sampler, rng, task.sampler_options)
-        size = task.size
-        raw = {k: np.full(size, v) for k, v in task.fixed.items()} | points
-        model = self.registry.model(task.model)
-        params = {k: np.ascontiguousarray(v) for k, v in model.validate(raw).items()}
-        self._stage = "reference"
-        if task.kind == "price":
-            t0 = time.perf_counter()
-            reference = self._price(task.reference, model, task.product, params, reference_seed)
-            return TaskData(params, params, reference, time.perf_counter() - t0,
-                            scoring.price_scale(params, task.size), seed)
-        # implied_vol: invert prices made by the task's pricer
-        self._stage = "pricing the options to invert"
-        prices = self._price(task.pricer, model, task.product, params, reference_seed)
-        inputs = {k: params[k] for k in ("S", "K", "T", "r", "q")}
-        inputs["price"] = prices
-        inputs["is_call"] = np.full(size, task.product == "european_call")
-        self._stage = "reference"
-        t0 = time.perf_counter()
-        if task.reference is None:
-            reference = params["sigma"].copy()
-        else:
-            finder = self.registry.get("root_finder", task.reference.name)(**task.reference.settings)
-            reference = finder.solve(finder.prepare(inputs, "cpu")).to_host().sigma
-        return TaskData(params, inputs, reference, time.perf_counter() - t0, method_seed=seed)
+    def _finish_cell(self, row: CellResult, store: RunStore | None, result: RunResult, remaining: dict[str, int],
+                     tasks: dict[str, Task]) -> None:
+        if store is not None:
+            store.append(row)
+        as_row = row.as_row()
+        result.rows.append(as_row)
+        if self.on_cell:
+            self.on_cell(as_row)
+        remaining[row.task] = remaining.get(row.task, 1) - 1
+        if remaining[row.task] == 0:
+            task = tasks[row.task]
+            task_rows = [r for r in result.rows if r["task"] == row.task]
+            speedups(task_rows, task)
+            if self.on_task:
+                self.on_task(task, task_rows)
+            self._save_plot(store, result, task, task_rows)
+        self._save_tables(store, result)
 
-    def _price(self, spec: MethodSpec, model, product, params, seed: int) -> np.ndarray:
-        cls = self.registry.get("pricer", spec.name)
-        pricer = cls(**with_seed(cls, spec.settings, seed))
-        out = pricer.price(pricer.prepare(model, product, params, "cpu"))
-        if isinstance(out, PriceResult):
-            out = out.price
-        return arrays.to_numpy(out).astype(np.float64).reshape(-1)
+    # ------------------------------------------------------------------ files
+    def _save_meta(self, store: RunStore | None, meta: dict) -> None:
+        if store is not None:
+            store.write_metadata(meta)
 
-    def run_task(self, suite: Suite, task: Task, cells, task_meta: dict) -> list[dict[str, Any]]:
-        try:
-            data = self.prepare_task(suite, task)
-        except Exception as exc:  # noqa: BLE001 - the task fails, the run goes on
-            message = f"{self._stage} failed: {type(exc).__name__}: {exc}"
-            rows = [self._row(task, spec, dev, status="error", message=message) for spec, dev in cells]
-            for row in rows:
-                if self.on_cell:
-                    self.on_cell(row)
-            task_meta[task.name] = {"error": message}
-            return rows
-        task_meta[task.name] = {
-            "kind": task.kind,
-            "n": task.size,
-            "reference": task.reference.name if task.reference else "true_sigma",
-            "reference_settings": dict(task.reference.settings) if task.reference else {},
-            "reference_s": data.reference_s,
-            "seed_entropy": str(task_seed(suite.seed, task, self.seed).entropy),
-            "method_seed": data.method_seed,
-        }
-        rows = []
-        for spec, device in cells:
-            row = self.run_cell(task, spec, device, data)
-            rows.append(row)
-            if self.on_cell:
-                self.on_cell(row)
-        self._speedups(task, rows)
-        return rows
-
-    # ------------------------------------------------------------------ one cell
-    def _row(self, task: Task, spec: MethodSpec, device: str, **values) -> dict[str, Any]:
-        entry = self.registry.entry(spec.kind, spec.name)
-        row = {
-            **self._stamp,
-            "task": task.name,
-            "kind": task.kind,
-            "model": task.model,
-            "product": task.product,
-            "n": task.size,
-            "method": spec.name,
-            "method_version": entry.cls.version,
-            "plugin": entry.plugin,
-            "settings": json.dumps(dict(spec.settings), sort_keys=True),
-            "label": spec.label,
-            "device": device,
-            "status": "ok",
-            "message": "",
-        }
-        row.update(values)
-        return row
-
-    def run_cell(self, task: Task, spec: MethodSpec, device: str, data: TaskData) -> dict[str, Any]:
-        row = self._row(task, spec, device)
-        cls = self.registry.get(spec.kind, spec.name)
-        if device == "cuda" and not arrays.cuda_available():
-            return row | {"status": "skipped", "message": "skipped: no GPU"}
-        if not cls.supports_device(device):
-            return row | {"status": "skipped", "message": f"skipped: {spec.name} does not run on {device}"}
-        model = self.registry.model(task.model)
-        caught: list[warnings.WarningMessage] = []
-        try:
-            with warnings.catch_warnings(record=True) as caught, deadline(task.timeout):
-                warnings.simplefilter("once")  # each distinct warning once: cheap inside the timed loop
-                method = cls(**with_seed(cls, spec.settings, data.method_seed))
-                t0 = time.perf_counter()
-                if task.kind == "price":
-                    prepared = method.prepare(model, task.product, data.inputs, device)
-                    call = lambda: method.price(prepared)  # noqa: E731
-                else:
-                    prepared = method.prepare(data.inputs, device)
-                    call = lambda: method.solve(prepared)  # noqa: E731
-                arrays.synchronize(device)
-                prepare_s = time.perf_counter() - t0
-                timing, out = measure(call, device=device, repeats=task.repeats, min_time=task.min_time,
-                                      budget=max(task.timeout - prepare_s, 0.0))
-        except Unsupported as exc:
-            return row | {"status": "skipped", "message": f"skipped: {exc}"}
-        except CellTimeout as exc:
-            return row | {"status": "timeout", "message": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - record and go on
-            return row | {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
-
-        row.update(
-            latency_median_s=timing.median,
-            latency_iqr_s=timing.iqr,
-            latency_min_s=timing.minimum,
-            latency_max_s=timing.maximum,
-            spread_pct=100.0 * timing.spread,
-            samples=len(timing.samples),
-            loops=timing.loops,
-            ns_per_option=1e9 * timing.median / task.size,
-            throughput_per_s=task.size / timing.median if timing.median > 0 else math.inf,
-            prepare_s=prepare_s,
-            first_call_s=timing.first_call,
-        )
-        notes = []
-        try:
-            estimate, failed, stderr = self._outputs(task, out, row)
-            row.update(score(estimate, data.reference, self.metrics, task.floor, failed, data.scale, stderr))
-        except Exception as exc:  # noqa: BLE001 - a bad output or a broken metric fails this cell only
-            return row | {"status": "error", "message": f"scoring failed: {type(exc).__name__}: {exc}"}
-        usable = int(np.isfinite(data.reference).sum())
-        if usable and row["failures"] == usable:
-            row["status"] = "failed"
-            notes.append("no point priced")
-        elif task.kind == "price" and row["failures"] and not row.get("message"):
-            # pricers return NaN where a point is outside what they can price
-            notes.append(f"{row['failures']} of {usable} points not priced (NaN/inf: outside the method's range)")
-        if usable < task.size:
-            notes.append(f"reference undefined (NaN) at {task.size - usable} points, not scored")
-        if timing.noisy:
-            notes.append(f"noisy timing: IQR {100 * timing.spread:.0f}% of median")
-        if caught:
-            notes.append(f"warning: {caught[0].category.__name__}: {caught[0].message}")
-        row["message"] = "; ".join(filter(None, [row.get("message", "")] + notes))
-        return row
-
-    def _outputs(self, task: Task, out: Any, row: dict) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """The estimates, the points the method itself flagged as failed, and the
-        standard errors if it gave them; ValueError on a bad shape."""
-        expected = (task.size,)
-        if task.kind == "implied_vol":
-            if not isinstance(out, IVResult):
-                raise ValueError(f"solve returned {type(out).__name__}, expected IVResult")
-            res = out.to_host()
-            for field_name in ("sigma", "converged", "iterations", "status"):
-                size = np.size(getattr(res, field_name))
-                if size != task.size:
-                    raise ValueError(f"wrong output shape: IVResult.{field_name} has {size} entries, "
-                                     f"expected {task.size}")
-            iterations = res.iterations.reshape(-1)
-            row["iterations_mean"] = float(np.mean(iterations)) if iterations.size else math.nan
-            row["iterations_max"] = int(np.max(iterations)) if iterations.size else 0
-            counts = {k: v for k, v in res.summary().items() if k != "converged"}
-            if counts:
-                row["message"] = "not converged: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            return res.sigma.reshape(-1).astype(np.float64), ~res.converged.reshape(-1), None
-        stderr = None
-        if isinstance(out, PriceResult):
-            if out.stderr is not None:
-                stderr = arrays.to_numpy(out.stderr).astype(np.float64).reshape(-1)
-                if stderr.size != task.size:
-                    raise ValueError(f"wrong output shape: PriceResult.stderr has {stderr.size} entries, "
-                                     f"expected {task.size}")
-            if out.reason is not None:
-                reasons = np.asarray(out.reason, dtype=object).reshape(-1)
-                if reasons.size != task.size:
-                    raise ValueError(f"wrong output shape: PriceResult.reason has {reasons.size} entries, "
-                                     f"expected {task.size}")
-                given, counts = np.unique([str(x) for x in reasons if x], return_counts=True)
-                if given.size:
-                    row["message"] = "not priced: " + ", ".join(f"{g} {c}" for g, c in zip(given, counts))
-            out = out.price
-        estimate = arrays.to_numpy(out)
-        if estimate.size != task.size or estimate.ndim > 1 and estimate.shape != expected:
-            raise ValueError(f"wrong output shape {estimate.shape}, expected {expected}")
-        return estimate.reshape(-1).astype(np.float64), None, stderr
-
-    def _speedups(self, task: Task, rows: list[dict[str, Any]]) -> None:
-        if task.baseline is None:
+    def _save_tables(self, store: RunStore | None, result: RunResult) -> None:
+        if store is None:
             return
-        wanted = None if task.baseline_settings is None else json.dumps(task.baseline_settings, sort_keys=True)
-        base = next((r for r in rows if r["method"] == task.baseline and r["device"] == "cpu"
-                     and (wanted is None or r["settings"] == wanted)
-                     and r["status"] in ("ok", "failed") and r.get("latency_median_s")), None)
-        for row in rows:
-            row["baseline"] = task.baseline
-            if base is not None and row.get("latency_median_s"):
-                row["speedup"] = base["latency_median_s"] / row["latency_median_s"]
+        metrics = sorted(self.registry.names("metric"))
+        report.write_csv(store.directory / report.CSV_NAME, result.rows, metrics)
+        report.write_targets(store.directory / report.TARGETS_NAME, result.rows)
+
+    def _save_plot(self, store: RunStore | None, result: RunResult, task: Task, rows: list[dict[str, Any]]) -> None:
+        if store is None:
+            return
+        path = atomic.inside(store.directory, task.name, ".png")
+        entry = result.metadata["tasks"].setdefault(task.name, {})
+        try:
+            if report.plot_work_precision(path, task.name, rows):
+                entry["plot"] = path.name
+        except Exception as exc:  # noqa: BLE001 - a plot must not cost the results
+            entry["plot_error"] = f"{type(exc).__name__}: {exc}"
+        self._save_meta(store, result.metadata)
 
 
 def run(suite: Suite, registry: Registry, **options: Any) -> RunResult:

@@ -23,10 +23,11 @@ from bench import sampling
 from bench.methods import DEVICES, PRODUCTS, Setting, SettingError
 from bench.plugins import Registry, UnknownName
 
-TASK_KINDS = ("price", "implied_vol", "approximate")
-RUNNABLE_KINDS = ("price", "implied_vol")
-TRUE_SIGMA = "true_sigma"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+MAX_NAME = 100  # a task or suite name names files and folders
+# the most points one task may have: its arrays (a dozen float64 columns) must fit in memory
+MAX_POINTS = 10_000_000
+MAX_SUITE_BYTES = 1_000_000
 
 SUITE_KEYS = {
     "name": str,
@@ -38,6 +39,7 @@ SUITE_KEYS = {
     "devices": list,
     "tasks": list,
 }
+# the keys every task has, whatever its kind; a kind adds its own (TaskKind.keys)
 TASK_KEYS = {
     "name": str,
     "description": str,
@@ -49,8 +51,6 @@ TASK_KEYS = {
     "seed": int,
     "fixed": dict,
     "domain": dict,
-    "reference": (str, dict),
-    "pricer": (str, dict),
     "baseline": (str, dict),
     "methods": list,
     "devices": list,
@@ -103,8 +103,7 @@ class Task:
     seed: int | None
     fixed: dict[str, float]
     domain: dict[str, tuple[float, float]]
-    reference: MethodSpec | None  # None: the true sigma of an implied_vol task
-    pricer: MethodSpec | None  # implied_vol: makes the prices to invert
+    options: dict[str, Any]  # the kind's own keys, as its TaskKind.parse returned them
     baseline: str | None
     methods: list[MethodSpec]
     devices: tuple[str, ...]
@@ -118,6 +117,29 @@ class Task:
     @property
     def size(self) -> int:
         return sampling.points(self.sampler, self.n, len(self.domain))
+
+    @property
+    def reference(self) -> MethodSpec | None:
+        """The method that makes the reference, where the kind has one."""
+        return self.options.get("reference")
+
+    def definition(self) -> dict[str, Any]:
+        """Everything that determines the task's data and scores (not its timing knobs), as plain
+        JSON-able values: what :func:`bench.cells.cell_key` hashes with the data seed."""
+        def plain(value):
+            if isinstance(value, MethodSpec):
+                return {"name": value.name, "settings": dict(value.settings)}
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return {
+            "kind": self.kind, "model": self.model, "product": self.product, "n": self.n,
+            "sampler": self.sampler, "sampler_options": plain(self.sampler_options), "fixed": plain(self.fixed),
+            "domain": plain(self.domain), "options": plain(self.options), "floor": self.floor,
+        }
 
 
 @dataclass
@@ -152,13 +174,27 @@ def shipped_suites() -> list[str]:
 def load(path: str | Path, registry: Registry) -> Suite:
     path = resolve_path(path)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(path, f"not valid TOML: {exc}") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise SuiteError(path, f"cannot read: {exc.strerror}") from None
-    return parse(data, path, registry)
+    if len(raw) > MAX_SUITE_BYTES:
+        raise SuiteError(path, f"{len(raw):,} bytes: a suite is a small text file (at most {MAX_SUITE_BYTES:,})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(path, f"not a UTF-8 text file (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+    if "\x00" in text:
+        raise SuiteError(path, "not a text file (it contains NUL bytes)")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(path, f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SuiteError(path, "not valid TOML here: arrays or tables nested too deeply") from None
+    try:
+        return parse(data, path, registry)
+    except RecursionError:
+        raise SuiteError(path, "values nested too deeply") from None
 
 
 def _check_keys(data: Mapping[str, Any], allowed: Mapping[str, Any], path, task, prefix="") -> None:
@@ -194,6 +230,8 @@ def _expand_settings(cls: type, settings: Mapping[str, Any]) -> list[dict[str, A
         spec: Setting | None = cls.settings.get(key)
         is_list_setting = spec is not None and spec.type in (list, tuple)
         sweep = isinstance(value, list) and (not is_list_setting or (value and isinstance(value[0], list)))
+        if sweep and not value:
+            raise SettingError("an empty list sweeps no value: give at least one", key)
         axes.append([(key, v) for v in value] if sweep else [(key, value)])
     return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
 
@@ -219,7 +257,11 @@ def _method_specs(entry, registry, path, task, key, default_devices, kinds) -> l
     cls = registry.get(kind, name)
     devices = _devices(entry["devices"], path, task, f"{key}.devices") if "devices" in entry else default_devices
     specs = []
-    for combo in _expand_settings(cls, entry.get("settings", {})):
+    try:
+        combos = _expand_settings(cls, entry.get("settings", {}))
+    except SettingError as exc:
+        raise SuiteError(path, str(exc), task, f"{key}.settings.{exc.setting}") from None
+    for combo in combos:
         try:
             checked = cls.resolve_settings(combo)
             cls(**combo)  # __init__ only validates: cross-setting checks (a bracket's ends, say)
@@ -249,8 +291,7 @@ def parse(data: Mapping[str, Any], path: str | Path, registry: Registry) -> Suit
     if seed < 0:
         raise SuiteError(path, "must be >= 0", None, "seed")
     name = data.get("name", Path(path).stem)
-    if not _SAFE_NAME.fullmatch(name):
-        raise SuiteError(path, "use letters, digits, '_', '-' and '.' (it names a results folder)", None, "name")
+    _check_name(name, path, None, "name")
     for key, ok, need in (("repeats", lambda v: v >= 1, ">= 1"), ("timeout", lambda v: v > 0, "> 0 seconds")):
         if key in data and not ok(data[key]):
             raise SuiteError(path, f"must be {need}", None, key)
@@ -274,17 +315,71 @@ def parse(data: Mapping[str, Any], path: str | Path, registry: Registry) -> Suit
     return Suite(name, path, data.get("description", ""), seed, threads, tasks)
 
 
+@dataclass
+class ParseContext:
+    """What a task kind's ``parse`` sees of the task being read, with helpers that raise
+    :class:`SuiteError` naming the file, the task and the key."""
+
+    path: str
+    task: str
+    registry: Registry
+    model: Any  # the model instance
+    product: str
+    fixed: dict[str, float]
+    domain: dict[str, tuple[float, float]]
+    devices: tuple[str, ...]
+
+    def error(self, message: str, key: str | None = None) -> SuiteError:
+        return SuiteError(self.path, message, self.task, key)
+
+    def method_specs(self, entry: Any, key: str, kinds: tuple[str, ...],
+                     devices: tuple[str, ...] | None = None) -> list[MethodSpec]:
+        """Every configuration of a method entry (a name or a table; lists of setting values sweep)."""
+        return _method_specs(entry, self.registry, self.path, self.task, key, devices or self.devices, kinds)
+
+    def single(self, entry: Any, key: str, kinds: tuple[str, ...]) -> MethodSpec:
+        """One configuration (a reference, a pricer): sweeps are refused."""
+        return _single(self.method_specs(entry, key, kinds, ("cpu",)), self.path, self.task, key)
+
+    def pricer_for_task(self, entry: Any, key: str) -> MethodSpec:
+        """One pricer configuration that prices this task's model and product."""
+        spec = self.single(entry, key, ("pricer",))
+        self.check_pricer(spec, key)
+        return spec
+
+    def check_pricer(self, spec: MethodSpec, key: str) -> None:
+        cls = self.registry.get("pricer", spec.name)
+        if not cls.can_price(self.model.name, self.product):
+            raise self.error(f"pricer {spec.name!r} does not price {self.product!r} under {self.model.name!r}", key)
+        try:
+            cls(**spec.settings).check_task(self.model.name, self.product)
+        except SettingError as exc:
+            raise self.error(str(exc), f"{key}.settings.{exc.setting}") from None
+
+
+def _check_name(value: Any, path: str, task: str | None, key: str) -> None:
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or len(value) > MAX_NAME:
+        raise SuiteError(path, f"must be 1 to {MAX_NAME} letters, digits, '_', '-' and '.', not starting with "
+                         "'.' or '-' (it names files)", task, key)
+
+
 def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry, defaults) -> Task:
     label = td.get("name") if isinstance(td.get("name"), str) else f"tasks[{index}]"
-    _check_keys(td, TASK_KEYS, path, label)
-    for key in ("name", "kind", "model", "product", "n", "methods"):
+    label = label if len(label) <= MAX_NAME else label[:MAX_NAME] + "..."
+    if "kind" not in td:
+        raise SuiteError(path, "required key is missing", label, "kind")
+    if not isinstance(td["kind"], str):
+        raise SuiteError(path, f"must be a string, got {td['kind']!r}", label, "kind")
+    kind_name = td["kind"]
+    try:
+        kind = registry.task_kind(kind_name)
+    except UnknownName as exc:
+        raise SuiteError(path, str(exc), label, "kind") from None
+    _check_keys(td, TASK_KEYS | dict(kind.keys), path, label)
+    for key in ("name", "model", "product", "n", "methods"):
         if key not in td:
             raise SuiteError(path, "required key is missing", label, key)
-    kind = td["kind"]
-    if kind not in TASK_KINDS:
-        raise SuiteError(path, f"unknown task kind {kind!r} (kinds: {', '.join(TASK_KINDS)})", label, "kind")
-    if kind not in RUNNABLE_KINDS:
-        raise SuiteError(path, f"task kind {kind!r} has no runner in this version", label, "kind")
+    _check_name(td["name"], path, label, "name")
     try:
         model = registry.model(td["model"])
     except UnknownName as exc:
@@ -296,8 +391,6 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
         model.check_product(product)
     except ValueError as exc:
         raise SuiteError(path, str(exc), label, "product") from None
-    if kind == "implied_vol" and (td["model"] != "black_scholes" or product not in ("european_call", "european_put")):
-        raise SuiteError(path, "implied_vol tasks invert Black-Scholes European prices", label, "product")
     n = td["n"]
     if n < 1:
         raise SuiteError(path, "must be >= 1", label, "n")
@@ -360,55 +453,26 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
             if vals and not np.all(spec.admits(np.asarray(vals))):
                 raise SuiteError(path, f"values {vals} leave the model's range {spec.describe()} for {key!r}",
                                  label, f"{where}.{key}")
-    if kind == "implied_vol" and "sigma" not in domain and "sigma" not in fixed:
-        raise SuiteError(path, "an implied_vol task needs the true sigma, fixed or in the domain", label, "domain")
+    size = sampling.points(sampler_value, n, len(domain))
+    if size > MAX_POINTS:
+        what = f"n = {n}" if size == n else f"a grid of {n}^{len(domain)} = {size:.3g} points"
+        raise SuiteError(path, f"{what} is more than the {MAX_POINTS:,} points a task may have", label, "n")
 
     devices = _devices(td["devices"], path, label, "devices") if "devices" in td else defaults["devices"]
-    method_kinds = ("pricer",) if kind == "price" else ("root_finder",)
+    ctx = ParseContext(path, label, registry, model, product, fixed, domain, devices)
+    options = kind.parse(td, ctx)
     methods: list[MethodSpec] = []
     if not isinstance(td["methods"], list) or not td["methods"]:
         raise SuiteError(path, "must list at least one method", label, "methods")
     for j, entry in enumerate(td["methods"]):
-        specs = _method_specs(entry, registry, path, label, f"methods[{j}]", devices, method_kinds)
+        specs = ctx.method_specs(entry, f"methods[{j}]", kind.method_kinds)
         for spec in specs:
-            cls = registry.get(spec.kind, spec.name)
-            if spec.kind != "pricer":
-                continue
-            if not cls.can_price(model.name, product):
-                raise SuiteError(path, f"pricer {spec.name!r} does not price {product!r} under {model.name!r}",
-                                 label, "methods")
-            try:
-                cls(**spec.settings).check_task(model.name, product)
-            except SettingError as exc:
-                raise SuiteError(path, str(exc), label, f"methods[{j}].settings.{exc.setting}") from None
+            kind.check_method(spec, registry.get(spec.kind, spec.name), ctx, f"methods[{j}]")
         methods.extend(specs)
-
-    # reference (and the pricer that makes implied_vol prices)
-    pricer = None
-    if kind == "price":
-        if "reference" not in td:
-            raise SuiteError(path, "required key is missing", label, "reference")
-        reference = _single(_method_specs(td["reference"], registry, path, label, "reference", ("cpu",),
-                                          ("pricer",)), path, label, "reference")
-        if not registry.get("pricer", reference.name).can_price(model.name, product):
-            raise SuiteError(path, f"pricer {reference.name!r} does not price {product!r} under {model.name!r}",
-                             label, "reference")
-        if "pricer" in td:
-            raise SuiteError(path, "only implied_vol tasks take a pricer", label, "pricer")
-    else:
-        ref = td.get("reference", TRUE_SIGMA)
-        if ref == TRUE_SIGMA:
-            reference = None
-        else:
-            reference = _single(_method_specs(ref, registry, path, label, "reference", ("cpu",),
-                                              ("root_finder",)), path, label, "reference")
-        pricer = _single(_method_specs(td.get("pricer", "closed_form"), registry, path, label, "pricer", ("cpu",),
-                                       ("pricer",)), path, label, "pricer")
 
     baseline, baseline_settings = td.get("baseline"), None
     if isinstance(baseline, dict):
-        spec = _single(_method_specs(baseline, registry, path, label, "baseline", devices, method_kinds), path,
-                       label, "baseline")
+        spec = _single(ctx.method_specs(baseline, "baseline", kind.method_kinds), path, label, "baseline")
         baseline, baseline_settings = spec.name, dict(spec.settings)
         if not any(m.name == baseline and dict(m.settings) == baseline_settings for m in methods):
             raise SuiteError(path, f"baseline {baseline!r} with settings {baseline_settings} is not among the "
@@ -429,8 +493,8 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
     if not 0 <= min_time < math.inf:
         raise SuiteError(path, "must be >= 0 seconds", label, "min_time")
     return Task(
-        name=td["name"], kind=kind, model=model.name, product=product, n=n, sampler=sampler_value,
-        sampler_options=sampler_options, seed=td.get("seed"), fixed=fixed, domain=domain, reference=reference,
-        pricer=pricer, baseline=baseline, baseline_settings=baseline_settings, methods=methods, devices=devices, repeats=repeats, timeout=timeout,
-        floor=floor, min_time=min_time, description=td.get("description", ""),
+        name=td["name"], kind=kind_name, model=model.name, product=product, n=n, sampler=sampler_value,
+        sampler_options=sampler_options, seed=td.get("seed"), fixed=fixed, domain=domain, options=options,
+        baseline=baseline, baseline_settings=baseline_settings, methods=methods, devices=devices,
+        repeats=repeats, timeout=timeout, floor=floor, min_time=min_time, description=td.get("description", ""),
     )

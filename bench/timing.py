@@ -54,26 +54,48 @@ class Timing:
         return self.spread > NOISY_SPREAD
 
 
+@dataclass
+class Deadline:
+    """What :func:`deadline` knows afterwards: whether it could arm a timer, and whether it fired.
+
+    A timer that fired inside a block that still ended normally means the
+    method swallowed :class:`CellTimeout`, or ran in compiled code that only
+    let Python's signal handler run when it returned."""
+
+    seconds: float
+    armed: bool = False
+    fired: bool = False
+
+
 @contextlib.contextmanager
 def deadline(seconds: float):
-    """Raise :class:`CellTimeout` inside the block after ``seconds`` (main thread, POSIX)."""
+    """Raise :class:`CellTimeout` inside the block after ``seconds`` (main thread, POSIX).
+
+    Yields a :class:`Deadline`. Python can only raise between bytecodes: a
+    call into compiled code (a numba loop, a long BLAS call) is interrupted
+    when it returns, and a method that catches ``BaseException`` can swallow
+    the timeout; only the process executor, which kills the worker, stops those.
+    """
+    state = Deadline(seconds)
     usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not usable or not math.isfinite(seconds):
-        yield
+        yield state
         return
 
     def _raise(signum, frame):
+        state.fired = True
         raise CellTimeout(f"exceeded the {seconds:g} s per-cell timeout")
 
     outer_delay, outer_interval = signal.getitimer(signal.ITIMER_REAL)
     if outer_delay and outer_delay <= seconds:
-        yield  # an enclosing timer (pytest-timeout, say) fires first anyway: leave it alone
+        yield state  # an enclosing timer (pytest-timeout, say) fires first anyway: leave it alone
         return
+    state.armed = True
     started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, _raise)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield state
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -157,3 +179,13 @@ def measure(
         ),
         out,
     )
+
+
+def measure_once(fn: Callable[[], Any], *, device: str = "cpu") -> tuple[Timing, Any]:
+    """Time one call of ``fn()`` (timing policy ``once``: a fit, a calibration); no warm-up, no repeats."""
+    t0 = time.perf_counter()
+    out = fn()
+    arrays.synchronize(device)
+    seconds = time.perf_counter() - t0
+    return Timing(median=seconds, iqr=0.0, minimum=seconds, maximum=seconds, samples=[seconds], loops=1,
+                  first_call=seconds), out

@@ -1,0 +1,315 @@
+"""A cell: one (task, method configuration, device), and the row it becomes.
+
+- :class:`CellSpec` is frozen and picklable: everything a worker process or a
+  dask worker needs besides the task's shared data.
+- :func:`execute_cell` is the one way a cell runs, whatever the executor: it
+  builds the method, lets the task kind prepare it (untimed), times the call
+  with the kind's timing policy under pinned threads while recording the
+  machine's load, and scores the output. It never raises: a failing method is
+  a row with a status and a reason.
+- :class:`CellResult` is the one definition of a leaderboard row: its fields
+  are the CSV columns (registered metrics are inserted after
+  ``failure_rate``), in order.
+
+Statuses: ``ok``; ``failed`` (no point priced or converged); ``error`` (the
+method raised or returned the wrong shape); ``timeout``; ``crashed`` (the
+worker process died: a segfault, ``os._exit``, the kernel's OOM killer);
+``skipped`` (no GPU, a device or backend the method lacks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from bench import arrays, environment
+from bench.kinds import ONCE, TaskData, with_seed
+from bench.methods import Unsupported
+from bench.timing import CellTimeout, deadline, measure, measure_once
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bench.plugins import Registry
+    from bench.suite import MethodSpec, Task
+
+STATUSES = ("ok", "failed", "error", "timeout", "crashed", "skipped")
+
+
+def settings_json(settings: Mapping[str, Any]) -> str:
+    return json.dumps(dict(settings), sort_keys=True)
+
+
+def cell_key(task: "Task", seed_entropy: str, method: str, version: str, settings: Mapping[str, Any],
+             device: str) -> str:
+    """A stable hash of what determines a cell: the task's definition and data seed, the method,
+    its version and settings, and the device. Two runs' cells with one key are the same experiment."""
+    blob = json.dumps({"task": task.name, "definition": task.definition(), "seed": seed_entropy, "method": method,
+                       "version": version, "settings": dict(settings), "device": device},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell, ready to run anywhere: the task, the method configuration, the device, the seeds."""
+
+    suite: str
+    run_id: str
+    task: "Task"
+    method: str
+    method_kind: str
+    method_version: str
+    plugin: str
+    settings: Mapping[str, Any]
+    label: str
+    device: str
+    method_seed: int
+    seed_entropy: str
+    threads: int
+    key: str
+    save_outputs: bool = False
+
+    @classmethod
+    def create(cls, *, suite: str, run_id: str, task: "Task", spec: "MethodSpec", device: str, version: str,
+               plugin: str, method_seed: int, seed_entropy: str, threads: int,
+               save_outputs: bool = False) -> "CellSpec":
+        key = cell_key(task, seed_entropy, spec.name, version, spec.settings, device)
+        return cls(suite, run_id, task, spec.name, spec.kind, version, plugin, dict(spec.settings), spec.label,
+                   device, method_seed, seed_entropy, threads, key, save_outputs)
+
+    @property
+    def title(self) -> str:
+        return f"{self.task.name} · {self.method} · {self.device}"
+
+
+_METRICS_AFTER = "failure_rate"  # registered metrics' columns come right after this field
+_NOT_COLUMNS = ("timing_samples", "scores", "outputs")
+
+
+@dataclass
+class CellResult:
+    """A leaderboard row. Field order is column order; see README "Leaderboard columns"."""
+
+    suite: str = ""
+    run_id: str = ""
+    task: str = ""
+    kind: str = ""
+    model: str = ""
+    product: str = ""
+    n: int = 0
+    method: str = ""
+    method_version: str = ""
+    plugin: str = ""
+    settings: str = "{}"
+    label: str = ""
+    device: str = "cpu"
+    status: str = "ok"
+    message: str = ""
+    failures: float = math.nan
+    failure_rate: float = math.nan
+    # (registered metrics here)
+    max_err_s100: float = math.nan
+    tier: float = math.nan
+    latency_median_s: float = math.nan
+    latency_iqr_s: float = math.nan
+    latency_min_s: float = math.nan
+    latency_max_s: float = math.nan
+    spread_pct: float = math.nan
+    samples: float = math.nan
+    loops: float = math.nan
+    ns_per_option: float = math.nan
+    throughput_per_s: float = math.nan
+    prepare_s: float = math.nan
+    first_call_s: float = math.nan
+    baseline: str | None = None
+    speedup: float = math.nan
+    iterations_mean: float = math.nan
+    iterations_max: float = math.nan
+    stderr_mean: float = math.nan
+    stderr_max: float = math.nan
+    z_max: float = math.nan
+    within_3se: float = math.nan
+    # schema 2
+    once_s: float = math.nan  # timing policy "once": the single timed call (a fit, a calibration)
+    cell_key: str = ""
+    host: str = ""
+    threads: float = math.nan
+    load_1m: float = math.nan
+    others_cpu: float = math.nan
+    cpu_share: float = math.nan
+    busy: bool | None = None
+    executor: str = ""
+    exit_code: float = math.nan
+    wall_s: float = math.nan
+    # not columns: the raw timing samples (stored apart) and kind-specific or metric columns
+    timing_samples: list[float] = field(default_factory=list, repr=False)
+    scores: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # --save-outputs
+
+    @classmethod
+    def columns(cls, metric_names: list[str] | tuple[str, ...] = ()) -> list[str]:
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_COLUMNS]
+        cut = names.index(_METRICS_AFTER) + 1
+        return names[:cut] + list(metric_names) + names[cut:]
+
+    @classmethod
+    def for_cell(cls, spec: CellSpec, **values: Any) -> "CellResult":
+        task = spec.task
+        row = cls(suite=spec.suite, run_id=spec.run_id, task=task.name, kind=task.kind, model=task.model,
+                  product=task.product, n=task.size, method=spec.method, method_version=spec.method_version,
+                  plugin=spec.plugin, settings=settings_json(spec.settings), label=spec.label, device=spec.device,
+                  cell_key=spec.key, host=environment.host_name(), threads=spec.threads)
+        row.update(values)
+        return row
+
+    def update(self, values: Mapping[str, Any]) -> "CellResult":
+        """Set fields by name; names that are not fields (metrics, a kind's own columns) go to ``scores``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in values.items():
+            if key in names and key not in _NOT_COLUMNS:
+                setattr(self, key, value)
+            else:
+                self.scores[key] = value
+        return self
+
+    def as_row(self) -> dict[str, Any]:
+        """The row as a flat dict (what the CSV, the console and ``RunResult.rows`` hold)."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_COLUMNS}
+        row.update(self.scores)
+        return row
+
+    def add_note(self, note: str) -> None:
+        if note:
+            self.message = "; ".join(filter(None, [self.message, note]))
+
+
+def execute_cell(spec: CellSpec, data: TaskData, registry: "Registry | None" = None,
+                 executor: str = "serial") -> CellResult:
+    """Run one cell on the task's shared data; never raises (every outcome is a row)."""
+    from bench.plugins import get_registry
+
+    registry = registry or get_registry()
+    started = time.perf_counter()
+    row = CellResult.for_cell(spec, executor=executor)
+    try:
+        _execute(spec, data, registry, row)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken kind or plugin fails this cell only
+        what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        row.update({"status": "error", "message": what})
+    row.wall_s = time.perf_counter() - started
+    return row
+
+
+def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResult) -> None:
+    task, device = spec.task, spec.device
+    cls = registry.get(spec.method_kind, spec.method)
+    if device == "cuda" and not arrays.cuda_available():
+        row.update({"status": "skipped", "message": "skipped: no GPU"})
+        return
+    if not cls.supports_device(device):
+        row.update({"status": "skipped", "message": f"skipped: {spec.method} does not run on {device}"})
+        return
+    kind = registry.task_kind(task.kind)
+    metrics = {name: registry.get("metric", name)() for name in registry.names("metric")}
+    data.freeze()
+    caught: list[warnings.WarningMessage] = []
+    monitor = environment.LoadMonitor(spec.threads)
+    started = time.perf_counter()
+    timer = None
+    try:
+        with environment.limit_threads(spec.threads), warnings.catch_warnings(record=True) as caught, \
+                deadline(task.timeout) as timer:
+            warnings.simplefilter("once")  # each distinct warning once: cheap inside the timed loop
+            method = cls(**with_seed(cls, spec.settings, spec.method_seed))
+            t0 = time.perf_counter()
+            call = kind.prepare(method, task, data, device, registry)
+            arrays.synchronize(device)
+            prepare_s = time.perf_counter() - t0
+            with monitor:
+                if kind.timing == ONCE:
+                    timing, out = measure_once(call, device=device)
+                else:
+                    timing, out = measure(call, device=device, repeats=task.repeats, min_time=task.min_time,
+                                          budget=max(task.timeout - prepare_s, 0.0))
+    except Unsupported as exc:
+        row.update({"status": "skipped", "message": f"skipped: {exc}"})
+        return
+    except CellTimeout as exc:
+        elapsed = time.perf_counter() - started
+        message = str(exc)
+        if elapsed > 1.5 * task.timeout + 1.0:
+            message += (f"; the call ran {elapsed:.3g} s: compiled code cannot be interrupted in-process "
+                        "(use --executor process, whose timeout kills the worker)")
+        row.update({"status": "timeout", "message": message})
+        return
+    except Exception as exc:  # noqa: BLE001 - record and go on
+        row.update({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
+        return
+    if timer is not None and timer.fired:
+        # the timer fired, yet the block ended normally: the method caught CellTimeout
+        elapsed = time.perf_counter() - started
+        row.update({"status": "timeout", "message": f"exceeded the {task.timeout:g} s per-cell timeout, which the "
+                    f"method swallowed and ran on ({elapsed:.3g} s in all); the serial executor cannot stop such a "
+                    "method: use --executor process"})
+        return
+
+    row.update(monitor.values)
+    row.timing_samples = list(timing.samples)
+    if kind.timing == ONCE:
+        row.update({"once_s": timing.median, "prepare_s": prepare_s})
+    else:
+        row.update({
+            "latency_median_s": timing.median, "latency_iqr_s": timing.iqr, "latency_min_s": timing.minimum,
+            "latency_max_s": timing.maximum, "spread_pct": 100.0 * timing.spread, "samples": len(timing.samples),
+            "loops": timing.loops, "ns_per_option": 1e9 * timing.median / task.size,
+            "throughput_per_s": task.size / timing.median if timing.median > 0 else math.inf,
+            "prepare_s": prepare_s, "first_call_s": timing.first_call,
+        })
+    try:
+        scored = kind.score(task, data, out, metrics)
+    except Exception as exc:  # noqa: BLE001 - a bad output or a broken metric fails this cell only
+        row.update({"status": "error", "message": f"scoring failed: {type(exc).__name__}: {exc}"})
+        return
+    row.update(scored.columns)
+    if spec.save_outputs:
+        row.outputs = _output_arrays(out)
+    notes = list(scored.notes)
+    usable = int(np.isfinite(data.reference).sum())
+    failures = row.failures
+    if scored.failed or (usable and failures == usable):
+        row.status = "failed"
+        notes.append("no point priced")
+    if usable < task.size:
+        notes.append(f"reference undefined (NaN) at {task.size - usable} points, not scored")
+    if timing.noisy:
+        notes.append(f"noisy timing: IQR {100 * timing.spread:.0f}% of median")
+    notes.append(monitor.note())
+    if caught:
+        notes.append(f"warning: {caught[0].category.__name__}: {caught[0].message}")
+    for note in notes:
+        row.add_note(note)
+
+
+def _output_arrays(out: Any) -> dict[str, np.ndarray]:
+    """A cell's outputs as named host arrays (``--save-outputs``)."""
+    if dataclasses.is_dataclass(out):
+        values = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    else:
+        values = {"value": out}
+    result = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        array = arrays.to_numpy(value)
+        if array.dtype == object:
+            array = array.astype(str)
+        result[name] = np.asarray(array)
+    return result
+

@@ -1,0 +1,179 @@
+"""The process executor: every cell in a worker process that the runner can kill.
+
+One worker process runs the cells one at a time (so timings do not compete). It is
+started from a clean server process (multiprocessing's ``forkserver``; ``spawn`` where
+there is none), rebuilds the plugin registry from the run's serialisable
+:class:`~bench.plugins.PluginSource`, and receives each task's data once. The runner
+waits for each cell's row at most the task's timeout plus a grace period; past that it
+kills the worker (a numba loop that never returns to Python, a method that swallows the
+timeout) and records ``timeout``. A worker that dies (a segfault, ``os._exit``, the
+kernel's out-of-memory killer) becomes a ``crashed`` row with its signal or exit code.
+Either way a fresh worker takes the next cell and the run goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from typing import Any, Iterator, Sequence
+
+from bench import environment
+from bench.cells import CellResult, CellSpec, execute_cell
+from bench.executors import Executor, ExecutorError
+from bench.kinds import TaskData
+from bench.plugins import PluginError, PluginSource
+
+GRACE_S = 2.0  # beyond the task's timeout before the worker is killed (its own timer fires first)
+STARTUP_S = 120.0  # a fresh worker's first answer may wait for imports and plugin loading
+KEEP_TASKS = 2  # task data a worker keeps (the current task and the one before)
+
+
+def _worker_main(conn, source: PluginSource, threads: int) -> None:
+    """The worker's loop: ("data", key, TaskData) stores a task's data; ("cell", key, spec) answers a row."""
+    os.environ.update(environment.thread_env(threads))  # before numba or BLAS are first imported here
+    from bench.plugins import registry_from
+
+    registry = registry_from(source)
+    datas: dict[str, TaskData] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "data":
+            _, key, data = message
+            datas[key] = data
+            while len(datas) > KEEP_TASKS:
+                datas.pop(next(iter(datas)))
+        elif message[0] == "cell":
+            _, key, spec = message
+            try:
+                row = execute_cell(spec, datas[key], registry, executor="process")
+            except BaseException as exc:  # noqa: BLE001 - sys.exit in a method, say: still a row
+                row = CellResult.for_cell(spec, executor="process", status="error",
+                                          message=f"{type(exc).__name__}: {exc}")
+            conn.send(row)
+        else:
+            return
+
+
+def _context():
+    methods = mp.get_all_start_methods()
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "the worker stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = {"SIGSEGV": "a segmentation fault", "SIGKILL": "killed: the out-of-memory killer or an external kill",
+               "SIGABRT": "aborted", "SIGBUS": "a bus error", "SIGFPE": "a floating-point exception"}.get(name, "")
+        return f"the worker process died by {name}" + (f" ({why})" if why else "")
+    return f"the worker process exited with code {code} (os._exit or a hard exit in the method)"
+
+
+class ProcessExecutor(Executor):
+    name = "process"
+
+    def __init__(self, registry, *, threads: int = 1, **options: Any):
+        try:
+            registry.source.check_portable()
+        except PluginError as exc:
+            raise ExecutorError(str(exc)) from None
+        self.source = registry.source
+        self.threads = threads
+        self.ctx = _context()
+        self.queue: deque[tuple[str, TaskData, CellSpec]] = deque()
+        self.proc = None
+        self.conn = None
+        self.sent: set[str] = set()
+        self.fresh = False
+        self.workers_started = 0
+        self.tasks_submitted = 0
+
+    # ------------------------------------------------------------------ worker lifecycle
+    def _start(self) -> None:
+        parent, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.source, self.threads), daemon=True,
+                                     name="pricebench-cell-worker")
+        self.proc.start()
+        child.close()
+        self.conn, self.sent, self.fresh = parent, set(), True
+        self.workers_started += 1
+
+    def _stop(self, kill: bool) -> int | None:
+        proc, conn = self.proc, self.conn
+        self.proc = self.conn = None
+        if proc is None:
+            return None
+        if kill and proc.is_alive():
+            proc.kill()
+        else:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        conn.close()
+        return proc.exitcode
+
+    def close(self) -> None:
+        self._stop(kill=False)
+
+    # ------------------------------------------------------------------ cells
+    def submit(self, data: TaskData, specs: Sequence[CellSpec]) -> None:
+        self.tasks_submitted += 1
+        key = f"{self.tasks_submitted}-{specs[0].task.name if specs else ''}"
+        self.queue.extend((key, data, spec) for spec in specs)
+
+    def results(self, wait: bool) -> Iterator[CellResult]:
+        while self.queue:
+            key, data, spec = self.queue.popleft()
+            yield self._run(key, data, spec)
+
+    def _run(self, key: str, data: TaskData, spec: CellSpec) -> CellResult:
+        if self.proc is None:
+            self._start()
+        started = time.perf_counter()
+        try:
+            if key not in self.sent:
+                self.conn.send(("data", key, data))
+                self.sent.add(key)
+            self.conn.send(("cell", key, spec))
+        except (BrokenPipeError, ConnectionError, OSError):
+            return self._crashed(spec, started)
+        limit = spec.task.timeout * 1.1 + GRACE_S + (STARTUP_S if self.fresh else 0.0)
+        if not self.conn.poll(limit):
+            self._stop(kill=True)
+            elapsed = time.perf_counter() - started
+            return CellResult.for_cell(
+                spec, executor=self.name, status="timeout", wall_s=elapsed,
+                message=f"exceeded the {spec.task.timeout:g} s per-cell timeout; the worker process was killed "
+                        f"after {elapsed:.3g} s")
+        try:
+            row = self.conn.recv()
+        except (EOFError, OSError):
+            return self._crashed(spec, started)
+        self.fresh = False
+        return row
+
+    def _crashed(self, spec: CellSpec, started: float) -> CellResult:
+        code = self._stop(kill=True)
+        return CellResult.for_cell(spec, executor=self.name, status="crashed", exit_code=code,
+                                   wall_s=time.perf_counter() - started, message=f"crashed: {describe_exit(code)}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "start_method": self.ctx.get_start_method(), "threads": self.threads}
+
+
+EXECUTOR = ProcessExecutor
