@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from bench import atomic
+
 
 def refresh(namespace: dict, dependencies: list[str]) -> None:
     """Drop the cached kernels of the module owning ``namespace`` if it or a dependency changed."""
@@ -35,7 +37,6 @@ def refresh(namespace: dict, dependencies: list[str]) -> None:
             for pattern in (f"{module}.*.nbi", f"{module}.*.nbc"):
                 for stale in folder.glob(pattern):
                     stale.unlink(missing_ok=True)
-            folder.mkdir(parents=True, exist_ok=True)
-            marker.write_text(stamp)
+            atomic.write_text(marker, stamp)  # two processes importing at once never leave half a stamp
         except OSError:  # a read-only cache folder: numba falls back or recompiles; nothing to clean
             pass

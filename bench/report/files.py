@@ -1,0 +1,66 @@
+"""Leaderboard files: the CSV (one row per cell), the targets CSV and the run's JSON metadata,
+written atomically through :mod:`bench.atomic`; :func:`read` loads a saved run back.
+
+CSV columns are stable and documented in README.md ("Leaderboard
+columns"); registered metrics each add a column named after the metric.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from bench import atomic, scoring
+
+CSV_NAME = "leaderboard.csv"
+JSON_NAME = "run.json"
+TARGETS_NAME = "targets.csv"
+TARGET_COLUMNS = ["task", "method", "device", "target", "settings", "error", "latency_median_s"]
+
+COLUMNS_BEFORE_METRICS = [
+    "suite", "run_id", "task", "kind", "model", "product", "n", "method", "method_version", "plugin",
+    "settings", "label", "device", "status", "message", "failures", "failure_rate",
+]
+COLUMNS_AFTER_METRICS = [
+    "max_err_s100", "tier", "latency_median_s", "latency_iqr_s", "latency_min_s", "latency_max_s", "spread_pct", "samples",
+    "loops", "ns_per_option", "throughput_per_s", "prepare_s", "first_call_s", "baseline", "speedup",
+    "iterations_mean", "iterations_max", "stderr_mean", "stderr_max", "z_max", "within_3se",
+]
+
+
+def columns(metric_names: Sequence[str]) -> list[str]:
+    return COLUMNS_BEFORE_METRICS + list(metric_names) + COLUMNS_AFTER_METRICS
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]], metric_names: Sequence[str]) -> None:
+    rows = list(rows)
+    cols = columns(metric_names)
+    extra = sorted({k for r in rows for k in r} - set(cols))
+    frame = pd.DataFrame(list(rows), columns=cols + extra)
+    atomic.write_with(path, lambda fh: frame.to_csv(fh, index=False, float_format="%.9g"))
+
+
+def write_targets(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Per task, method and device: the fastest configuration meeting each accuracy target."""
+    frame = pd.DataFrame(scoring.fastest_per_target(rows), columns=TARGET_COLUMNS)
+    atomic.write_with(path, lambda fh: frame.to_csv(fh, index=False, float_format="%.9g"))
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic.write_with(path, lambda fh: json.dump(data, fh, indent=2, default=str))
+
+
+def read(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A saved leaderboard: a run folder or its leaderboard.csv."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CSV_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no leaderboard here (expected a run folder or {CSV_NAME})")
+    frame = pd.read_csv(path, keep_default_na=True)
+    meta_path = path.with_name(JSON_NAME)
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return frame, meta
