@@ -374,7 +374,9 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
     try:
         kind = registry.task_kind(kind_name)
     except UnknownName as exc:
-        raise SuiteError(path, str(exc), label, "kind") from None
+        hint = "" if registry.names("task_kind") else (
+            "; the built-in kinds come from the plugin 'kinds': does PRICEBENCH_PLUGINS leave it out?")
+        raise SuiteError(path, str(exc) + hint, label, "kind") from None
     _check_keys(td, TASK_KEYS | dict(kind.keys), path, label)
     for key in ("name", "model", "product", "n", "methods"):
         if key not in td:

@@ -35,7 +35,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pricebench-example
 SUITE = EXAMPLE / "example_suite.toml"
 PROJECT = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
 DIST, VERSION = PROJECT["name"], PROJECT["version"]
-BUILTINS = "closed_form,black_scholes,metrics"  # what the example's tests need; not the root finders
+BUILTINS = "closed_form,black_scholes,metrics,kinds"  # what the example's tests need; not the root finders
 MODULE = "pricebench_example"
 
 pytestmark = pytest.mark.usefixtures("restore_registry")

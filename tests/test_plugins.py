@@ -27,7 +27,7 @@ from bench.plugins import ENV_VAR, PluginError, PluginLoadWarning, load
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
 
-ONLY = "closed_form,black_scholes,metrics"
+ONLY = "closed_form,black_scholes,metrics,kinds"
 METRICS = {"mae", "rmse", "max_abs_error", "mape", "mpe", "r2"}
 
 

@@ -26,8 +26,9 @@ from bench.executors import Executor, ExecutorError
 from bench.kinds import TaskData
 from bench.plugins import PluginError, PluginSource
 
-GRACE_S = 2.0  # beyond the task's timeout before the worker is killed (its own timer fires first)
-STARTUP_S = 120.0  # a fresh worker's first answer may wait for imports and plugin loading
+GRACE_S = 5.0  # beyond 1.5 x the task's timeout before the worker is killed (its own timer fires first)
+PRELOAD = ("numpy", "scipy.special", "scipy.stats", "numba", "torch")
+STARTUP_S = 120.0  # a fresh worker's imports and plugin loading (not counted against a cell)
 KEEP_TASKS = 2  # task data a worker keeps (the current task and the one before)
 
 
@@ -37,6 +38,12 @@ def _worker_main(conn, source: PluginSource, threads: int) -> None:
     from bench.plugins import registry_from
 
     registry = registry_from(source)
+    for module in PRELOAD:  # import once here, not inside the first cell's timeout
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+    conn.send(("ready", os.getpid()))
     datas: dict[str, TaskData] = {}
     while True:
         try:
@@ -61,8 +68,12 @@ def _worker_main(conn, source: PluginSource, threads: int) -> None:
 
 
 def _context():
-    methods = mp.get_all_start_methods()
-    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        # the server imports the heavy modules once; every worker forks from it with them loaded
+        ctx.set_forkserver_preload(["bench.executors.process", *PRELOAD])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def describe_exit(code: int | None) -> str:
@@ -94,7 +105,6 @@ class ProcessExecutor(Executor):
         self.proc = None
         self.conn = None
         self.sent: set[str] = set()
-        self.fresh = False
         self.workers_started = 0
         self.tasks_submitted = 0
 
@@ -105,8 +115,17 @@ class ProcessExecutor(Executor):
                                      name="pricebench-cell-worker")
         self.proc.start()
         child.close()
-        self.conn, self.sent, self.fresh = parent, set(), True
+        self.conn, self.sent = parent, set()
         self.workers_started += 1
+        # wait for the worker's imports and plugins, so that they do not count against a cell's timeout
+        if not parent.poll(STARTUP_S):
+            self._stop(kill=True)
+            raise RuntimeError(f"the worker process did not start within {STARTUP_S:g} s")
+        try:
+            parent.recv()
+        except (EOFError, OSError):
+            code = self._stop(kill=True)
+            raise RuntimeError(f"the worker process failed to start: {describe_exit(code)}") from None
 
     def _stop(self, kill: bool) -> int | None:
         proc, conn = self.proc, self.conn
@@ -143,7 +162,10 @@ class ProcessExecutor(Executor):
 
     def _run(self, key: str, data: TaskData, spec: CellSpec) -> CellResult:
         if self.proc is None:
-            self._start()
+            try:
+                self._start()
+            except RuntimeError as exc:
+                return CellResult.for_cell(spec, executor=self.name, status="crashed", message=f"crashed: {exc}")
         started = time.perf_counter()
         try:
             if key not in self.sent:
@@ -152,7 +174,7 @@ class ProcessExecutor(Executor):
             self.conn.send(("cell", key, spec))
         except (BrokenPipeError, ConnectionError, OSError):
             return self._crashed(spec, started)
-        limit = spec.task.timeout * 1.1 + GRACE_S + (STARTUP_S if self.fresh else 0.0)
+        limit = spec.task.timeout * 1.5 + GRACE_S
         if not self.conn.poll(limit):
             self._stop(kill=True)
             elapsed = time.perf_counter() - started
@@ -164,7 +186,6 @@ class ProcessExecutor(Executor):
             row = self.conn.recv()
         except (EOFError, OSError):
             return self._crashed(spec, started)
-        self.fresh = False
         return row
 
     def _crashed(self, spec: CellSpec, started: float) -> CellResult:

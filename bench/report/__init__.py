@@ -26,8 +26,6 @@ from bench.report.console import (
     tier_label,
 )
 from bench.report.files import (
-    COLUMNS_AFTER_METRICS,
-    COLUMNS_BEFORE_METRICS,
     CSV_NAME,
     JSON_NAME,
     TARGET_COLUMNS,
@@ -45,7 +43,7 @@ from bench.report.plots import plot_work_precision, save_figure
 _atomic_write = _atomic.write_with
 
 __all__ = [
-    "CSV_NAME", "JSON_NAME", "TARGETS_NAME", "TARGET_COLUMNS", "COLUMNS_BEFORE_METRICS", "COLUMNS_AFTER_METRICS",
+    "CSV_NAME", "JSON_NAME", "TARGETS_NAME", "TARGET_COLUMNS",
     "columns", "write_csv", "write_targets", "write_json", "read",
     "plot_work_precision", "save_figure",
     "task_table", "targets_table", "render", "sort_rows", "fmt_time", "fmt_err", "fmt_rate", "STATUS_ORDER",

@@ -20,19 +20,12 @@ JSON_NAME = "run.json"
 TARGETS_NAME = "targets.csv"
 TARGET_COLUMNS = ["task", "method", "device", "target", "settings", "error", "latency_median_s"]
 
-COLUMNS_BEFORE_METRICS = [
-    "suite", "run_id", "task", "kind", "model", "product", "n", "method", "method_version", "plugin",
-    "settings", "label", "device", "status", "message", "failures", "failure_rate",
-]
-COLUMNS_AFTER_METRICS = [
-    "max_err_s100", "tier", "latency_median_s", "latency_iqr_s", "latency_min_s", "latency_max_s", "spread_pct", "samples",
-    "loops", "ns_per_option", "throughput_per_s", "prepare_s", "first_call_s", "baseline", "speedup",
-    "iterations_mean", "iterations_max", "stderr_mean", "stderr_max", "z_max", "within_3se",
-]
-
 
 def columns(metric_names: Sequence[str]) -> list[str]:
-    return COLUMNS_BEFORE_METRICS + list(metric_names) + COLUMNS_AFTER_METRICS
+    """The leaderboard's columns: the fields of :class:`bench.cells.CellResult`, metrics after ``failure_rate``."""
+    from bench.cells import CellResult
+
+    return CellResult.columns(list(metric_names))
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, Any]], metric_names: Sequence[str]) -> None:
