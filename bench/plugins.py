@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import pluggy
 
-from bench import hookspecs
+from bench import atomic, hookspecs
 from bench.commands import Command
 from bench.kinds import TaskKind
 from bench.methods import BASES as METHOD_BASES
@@ -136,7 +136,10 @@ class PluginSource:
         if self.files:
             folder = tempfile.mkdtemp(prefix="pricebench-plugins-")
             for filename, text in self.files:
-                (Path(folder) / filename).write_text(text, encoding="utf-8")
+                # a description may come from elsewhere: each name must stay one file in this folder
+                if Path(filename).name != filename or filename in ("", ".", ".."):
+                    raise PluginError(f"plugin file name {filename!r} is not a plain file name")
+                atomic.write_text(Path(folder) / filename, text)
         saved = os.environ.pop(ENV_VAR, None)  # None means every entry point, whatever this process's environment
         try:
             with warnings.catch_warnings():
