@@ -242,22 +242,16 @@ def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResu
         row.update({"status": "skipped", "message": f"skipped: {exc}"})
         return
     except CellTimeout as exc:
-        elapsed = time.perf_counter() - started
-        message = str(exc)
-        if elapsed > 1.5 * task.timeout + 1.0:
-            message += (f"; the call ran {elapsed:.3g} s: compiled code cannot be interrupted in-process "
-                        "(use --executor process, whose timeout kills the worker)")
-        row.update({"status": "timeout", "message": message})
+        why = timer.diagnose(time.monotonic()) if timer is not None else ""
+        row.update({"status": "timeout", "message": "; ".join(filter(None, [str(exc), why]))})
         return
     except Exception as exc:  # noqa: BLE001 - record and go on
         row.update({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
         return
     if timer is not None and timer.fired:
         # the timer fired, yet the block ended normally: the method caught CellTimeout
-        elapsed = time.perf_counter() - started
-        row.update({"status": "timeout", "message": f"exceeded the {task.timeout:g} s per-cell timeout, which the "
-                    f"method swallowed and ran on ({elapsed:.3g} s in all); the serial executor cannot stop such a "
-                    "method: use --executor process"})
+        why = timer.diagnose(time.monotonic()) or "the method caught the timeout (swallowed)"
+        row.update({"status": "timeout", "message": f"exceeded the {task.timeout:g} s per-cell timeout; {why}"})
         return
 
     row.update(monitor.values)

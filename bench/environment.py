@@ -135,8 +135,16 @@ def _busy_cpu_seconds() -> float:
 
 
 def _own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+    return time.process_time()
+
+
+def _runnable_others() -> float:
+    """Threads ready to run on the machine right now, less the one reading this (Linux), else NaN."""
+    try:
+        running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+        return max(float(running) - 1.0, 0.0)
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 class LoadMonitor:
@@ -154,7 +162,11 @@ class LoadMonitor:
         self.threads = max(1, int(threads))
         self.values: dict[str, float | bool] = {}
 
+    # below this window the CPU counters (10 ms ticks) say little: count runnable threads instead
+    MIN_WINDOW_S = 0.1
+
     def __enter__(self) -> "LoadMonitor":
+        self._runnable = _runnable_others()
         self._wall = time.perf_counter()
         self._own = _own_cpu_seconds()
         try:
@@ -172,8 +184,12 @@ class LoadMonitor:
             values["load_1m"] = os.getloadavg()[0]
         except OSError:
             values["load_1m"] = float("nan")
-        if self._busy is not None:
+        if self._busy is not None and wall >= self.MIN_WINDOW_S:
             others = max((_busy_cpu_seconds() - self._busy - own) / wall, 0.0)
+            values["others_cpu"] = others
+            values["busy"] = bool(others > cpus - self.threads + 0.25)
+        elif self._runnable == self._runnable:  # a short window: runnable threads at its two ends
+            others = min(max(self._runnable, _runnable_others()), float(cpus))
             values["others_cpu"] = others
             values["busy"] = bool(others > cpus - self.threads + 0.25)
         else:

@@ -65,6 +65,18 @@ class Deadline:
     seconds: float
     armed: bool = False
     fired: bool = False
+    started: float = 0.0
+    fired_at: float = math.nan  # time.monotonic() when the handler ran
+
+    def diagnose(self, ended: float) -> str:
+        """Why a cell that timed out ran well past its timeout ('' if it did not)."""
+        if not self.fired or ended - self.started < 1.5 * self.seconds + 1.0:
+            return ""
+        if ended - self.fired_at > 1.0:
+            return (f"the method caught the timeout and ran on ({ended - self.started:.3g} s in all): the serial "
+                    "executor cannot stop it (swallowed); use --executor process, whose timeout kills the worker")
+        return (f"the call ran {ended - self.started:.3g} s in compiled code, which Python cannot interrupt: "
+                "use --executor process, whose timeout kills the worker")
 
 
 @contextlib.contextmanager
@@ -76,7 +88,7 @@ def deadline(seconds: float):
     when it returns, and a method that catches ``BaseException`` can swallow
     the timeout; only the process executor, which kills the worker, stops those.
     """
-    state = Deadline(seconds)
+    state = Deadline(seconds, started=time.monotonic())
     usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not usable or not math.isfinite(seconds):
         yield state
@@ -84,6 +96,7 @@ def deadline(seconds: float):
 
     def _raise(signum, frame):
         state.fired = True
+        state.fired_at = time.monotonic()
         raise CellTimeout(f"exceeded the {seconds:g} s per-cell timeout")
 
     outer_delay, outer_interval = signal.getitimer(signal.ITIMER_REAL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from collections import deque
 from typing import Any, Iterator, Sequence
@@ -34,7 +35,12 @@ KEEP_TASKS = 2  # task data a worker keeps (the current task and the one before)
 
 def _worker_main(conn, source: PluginSource, threads: int) -> None:
     """The worker's loop: ("data", key, TaskData) stores a task's data; ("cell", key, spec) answers a row."""
-    os.environ.update(environment.thread_env(threads))  # before numba or BLAS are first imported here
+    # for pools first started here; numba, if the server preloaded it, is pinned per cell instead (it
+    # refuses a changed NUMBA_NUM_THREADS once its threads exist)
+    env = environment.thread_env(threads)
+    if "numba" in sys.modules:
+        env.pop("NUMBA_NUM_THREADS")
+    os.environ.update(env)
     from bench.plugins import registry_from
 
     registry = registry_from(source)
