@@ -5,7 +5,10 @@
     pricebench plugins [--json]    installed plugins, versions and what they register
     pricebench methods [--json]    registered methods with devices and settings
     pricebench suites              the suites shipped with pricebench
-    pricebench mlmc-test           Giles' multilevel Monte Carlo convergence and complexity test
+    pricebench COMMAND ...         a command a plugin registers (``register_commands``)
+
+Plugins load before the command line is parsed, since they may add commands;
+a plugin command named like a built-in one (or a reserved name) is an error.
 
 Exit codes: 0 success, 1 a run-time failure, 2 bad input (suite, option,
 plugin set); bad input writes nothing.
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,6 +31,7 @@ from rich.table import Table
 import bench
 from bench import plugins as plugin_host
 from bench import executors, report, runner, suite as suite_mod
+from bench.commands import Command
 from bench.plugins import PluginError, PluginLoadWarning
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -44,17 +50,8 @@ def _count(minimum: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
+def _parser(commands: Mapping[str, tuple[Command, str]] | None = None) -> argparse.ArgumentParser:
+    """The argument parser: the built-in commands, then ``commands`` (name -> (command, plugin))."""
     parser = argparse.ArgumentParser(
         prog="pricebench",
         description="Benchmark derivative-pricing methods on accuracy and CPU/GPU latency.",
@@ -101,62 +98,28 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("suites", help="list the suites shipped with pricebench")
 
-    p = sub.add_parser(
-        "mlmc-test", parents=[common], help="Giles' multilevel Monte Carlo test: rates, savings over plain MC",
-        description="Giles' mlmc_test for the mlmc pricer's level estimators: a convergence test on levels 0..L "
-                    "(means, variances, kurtosis, consistency, fitted alpha/beta/gamma), a complexity test per eps "
-                    "(MLMC cost against two plain-MC costs: 'MC cost (level L)' on the finest MLMC level, Giles' "
-                    "convention, and 'MC cost (optimal h)' with the optimal number of steps n = ceil(T/h*), "
-                    "c h*^alpha = eps/sqrt(2), from the weak-error model |E[P_h] - P| ~ c h^alpha fitted to the "
-                    "level corrections; savings and fitted cost-vs-eps slopes of each; N_l) and seed 002's MSE "
-                    "analysis per level (bias estimated from h vs h/M, beside the exact bias: for black_scholes "
-                    "E[P_h - P_exact] on the same Brownian path with its standard error, for other models "
-                    "E[P_h] - exact value from independent samples); tables on the console, CSV files, "
-                    "report.txt, summary.json and PNG plots in --out. Defaults: Giles' GBM call (black_scholes, "
-                    "S=K=100, T=1, r=0.05, sigma=0.2; other models have default parameters too). Theory for GBM: "
-                    "Euler alpha = 1, beta = 1; Milstein alpha = 1, beta = 2; gamma = 1.")
-    p.add_argument("--model", default="black_scholes", help="model (default black_scholes)")
-    p.add_argument("--product", default=None, help="product (default european_call; zero_coupon_bond for "
-                   "black_karasinski)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a model parameter (repeatable); overrides the model's defaults here")
-    p.add_argument("--scheme", choices=("auto", "euler", "milstein"), default="auto",
-                   help="auto (milstein for black_scholes, else euler), euler or milstein")
-    p.add_argument("--M", type=_count(2), default=4, help="refinement factor (default 4)")
-    p.add_argument("--N", type=_count(2), default=20_000, help="samples per level in the convergence test")
-    p.add_argument("--L", type=_count(2), default=6, help="levels 0..L in the convergence test (default 6)")
-    p.add_argument("--N0", type=_count(1), default=1000, help="pilot samples per new level (default 1000)")
-    p.add_argument("--eps", default="0.1,0.05,0.02,0.01,0.005", metavar="LIST",
-                   help="comma-separated target RMS errors (default 0.1,0.05,0.02,0.01,0.005)")
-    p.add_argument("--Lmin", type=_count(2), default=2, help="initial finest level (default 2)")
-    p.add_argument("--Lmax", type=_count(2), default=10, help="finest level allowed (default 10)")
-    p.add_argument("--repeats", type=_count(1), default=1,
-                   help="independent MLMC runs per eps, for the measured RMS error (default 1)")
-    p.add_argument("--exact", type=float, default=None,
-                   help="exact value (default: closed_form, heston_integration or fd, as the model allows)")
-    p.add_argument("--mse-paths", type=_count(1), default=100_000,
-                   help="paths of the plain MC estimator in seed 002's MSE analysis (default 100000)")
-    p.add_argument("--exact-paths", type=_count(2), default=None,
-                   help="paths per level of seed 002's same-path exact coupling (black_scholes; default 10 x --N)")
-    p.add_argument("--alpha", type=_positive_float, default=None,
-                   help="weak rate |E Y_l| ~ h^alpha for the complexity runs, the optimal-h MC cost and seed 002's "
-                        "h-vs-h/M bias estimate (default: fitted by the convergence test; 1 for the estimate)")
-    p.add_argument("--beta", type=_positive_float, default=None,
-                   help="variance rate V[Y_l] ~ h^beta for the complexity runs (default: fitted)")
-    p.add_argument("--gamma", type=_positive_float, default=None,
-                   help="cost rate C_l ~ h^-gamma for the complexity runs and the optimal-h MC cost "
-                        "(default: fitted)")
-    p.add_argument("--refit", action="store_true",
-                   help="let each MLMC run fit alpha, beta, gamma itself (default: use the convergence test's, as "
-                        "Giles' mlmc_test does); rates given by --alpha/--beta/--gamma stay fixed")
-    p.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default results/mlmc_test/<run-id>)")
-    p.add_argument("--threads", type=_count(1), help="limit numba threads (default: all)")
+    for name, (command, plugin) in (commands or {}).items():
+        p = sub.add_parser(name, parents=[common], help=command.help, description=command.description or None)
+        try:
+            command.add_arguments(p)
+        except Exception as exc:  # noqa: BLE001 - a faulty plugin is bad input, named
+            raise PluginError(f"plugin {plugin!r}: command {name!r} cannot add its options: "
+                              f"{type(exc).__name__}: {exc}") from None
     return parser
+
+
+# the registry main() loaded before parsing, keyed by what it depends on; the command's own
+# _load_registry takes it instead of loading (and warning about broken plugins) twice
+_preloaded: dict[tuple[str | None, str | None], plugin_host.Registry] = {}
 
 
 def _load_registry(args, err: Console):
     """Load plugins, reporting each broken one once; install as the process registry."""
+    key = (getattr(args, "plugins_dir", None), os.environ.get(plugin_host.ENV_VAR))
+    if key in _preloaded:
+        registry = _preloaded.pop(key)
+        plugin_host.set_registry(registry)
+        return registry
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PluginLoadWarning)
         registry = plugin_host.load(plugins_dir=getattr(args, "plugins_dir", None))
@@ -278,104 +241,61 @@ def cmd_suites(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-# default parameters of `mlmc-test` per model: Giles' GBM call, and a standard case of each other model
-MLMC_TEST_DEFAULTS = {
-    "black_scholes": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.05, "sigma": 0.2},
-    "heston": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.0, "v0": 0.0175, "kappa": 1.5768, "theta": 0.0398,
-               "xi": 0.5751, "rho": -0.5711},
-    "cev": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.05, "sigma": 2.0, "beta": 0.5},
-    "sinh_lv": {"S": 100.0, "K": 100.0, "T": 1.0, "r": 0.05, "lam": 20.0},
-    "black_karasinski": {"r0": 0.05, "alpha": 1.0, "sigma": 0.2, "mu": 0.05, "T": 1.0},
-}
-MLMC_TEST_REFERENCE = {"black_scholes": "closed_form", "cev": "closed_form", "sinh_lv": "closed_form",
-                       "heston": "heston_integration", "black_karasinski": "fd"}
+COMMANDS = {"run": cmd_run, "show": cmd_show, "plugins": cmd_plugins, "methods": cmd_methods, "suites": cmd_suites}
+# names kept for built-in commands to come: no plugin may take them either
+RESERVED_COMMANDS = ("compare", "baseline", "history", "report")
 
 
-def cmd_mlmc_test(args, out: Console, err: Console) -> int:
-    import math
+def _plugins_dir_option(argv: list[str]) -> str | None:
+    """The value of ``--plugins-dir`` on the command line, read before parsing (plugin commands
+    can only be parsed once the plugins that register them are loaded)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--plugins-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--plugins-dir="):
+            return arg.split("=", 1)[1]
+    return None
 
-    from bench import environment, multilevel
 
-    def usage(message: str) -> int:
-        err.print(f"[bold red]error:[/] mlmc-test: {message}", highlight=False)
-        return EXIT_USAGE
-
-    registry = _load_registry(args, err)
-    try:
-        mdl = registry.model(args.model)
-    except (KeyError, ValueError) as exc:
-        return usage(str(exc))
-    product = args.product or ("zero_coupon_bond" if args.model == "black_karasinski" else "european_call")
-    params = dict(MLMC_TEST_DEFAULTS.get(args.model, {}))
-    for item in args.param:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            return usage(f"--param expects NAME=VALUE, got {item!r}")
+def _plugin_commands(argv: list[str], err: Console) -> dict[str, tuple[Command, str]]:
+    """Load the plugins (``--plugins-dir`` and ``PRICEBENCH_PLUGINS`` respected) and return the
+    commands they register, name -> (command, plugin); PluginError for a name that is taken."""
+    plugins_dir = _plugins_dir_option(argv)
+    _preloaded.clear()
+    registry = _load_registry(argparse.Namespace(plugins_dir=plugins_dir), err)
+    _preloaded[(plugins_dir, os.environ.get(plugin_host.ENV_VAR))] = registry
+    commands = {}
+    for name, entry in sorted(registry.entries["command"].items()):
+        if name in COMMANDS or name in RESERVED_COMMANDS:
+            raise PluginError(f"plugin {entry.plugin!r} registers command {name!r}, a name pricebench keeps for its "
+                              f"own commands ({', '.join([*COMMANDS, *RESERVED_COMMANDS])}); rename it, or limit "
+                              f"which plugins load with {plugin_host.ENV_VAR}")
         try:
-            params[name.strip()] = float(text)
-        except ValueError:
-            return usage(f"--param {name.strip()}: expected a number, got {text!r}")
-    try:
-        eps = [float(e) for e in args.eps.split(",") if e.strip()]
-    except ValueError:
-        return usage(f"--eps expects comma-separated numbers, got {args.eps!r}")
-    if not eps or not all(math.isfinite(e) and e > 0 for e in eps):
-        return usage(f"--eps values must be positive, got {args.eps!r}")
-    if args.Lmax < args.Lmin:
-        return usage(f"--Lmax ({args.Lmax}) must be >= --Lmin ({args.Lmin})")
-    if args.exact is not None and not math.isfinite(args.exact):
-        return usage(f"--exact must be finite, got {args.exact!r}")
-    out_dir = Path(args.out) if args.out else Path("results") / "mlmc_test" / runner.new_run_id()
-    if out_dir.exists() and not out_dir.is_dir():
-        return usage(f"--out {out_dir} is a file, not a folder")
-    with environment.limit_threads(args.threads):
-        try:
-            mdl.check_product(product)
-            cls = registry.get("pricer", "mlmc")
-            pricer = cls(M=args.M, scheme=args.scheme, N0=args.N0, Lmin=args.Lmin, Lmax=args.Lmax, seed=args.seed)
-            level_fn = pricer.level_function(mdl, product, params)
-            scheme = pricer.resolved_scheme(mdl.name)
-        except (KeyError, ValueError) as exc:
-            return usage(str(exc))
-        exact, source = args.exact, "--exact"
-        if exact is None and MLMC_TEST_REFERENCE.get(mdl.name) in registry.names("pricer"):
-            source = MLMC_TEST_REFERENCE[mdl.name]
-            try:
-                exact = float(bench.price(source, model=mdl.name, product=product, **params))
-            except ValueError:
-                exact = None
-            if exact is not None and not math.isfinite(exact):
-                exact = None
-        meta = {"model": mdl.name, "product": product, "scheme": scheme, "params": params, "seed": args.seed,
-                "exact_source": source if exact is not None else None, "threads": args.threads}
-        out.print(f"[bold]mlmc-test[/] {mdl.name} · {product} · {scheme} · M = {args.M} · "
-                  + ", ".join(f"{k}={v:g}" for k, v in params.items())
-                  + (f" · exact {exact:.10g} ({source})" if exact is not None else ""), highlight=False)
-        result = multilevel.mlmc_test(
-            level_fn, args.M, args.N, args.L, args.N0, eps, args.Lmin, args.Lmax, exact=exact,
-            repeats=args.repeats, mse_paths=args.mse_paths, exact_paths=args.exact_paths, refit=args.refit,
-            alpha=args.alpha, beta=args.beta, gamma=args.gamma,
-            weak_order=args.alpha if args.alpha is not None else 1.0, meta=meta,
-            on_stage=lambda text: out.print(f"[dim]{text}[/]", highlight=False))
-    multilevel.render(result, out)
-    multilevel.write_report(result, out_dir)
-    out.print(f"[green]wrote[/] {out_dir} ({multilevel.REPORT_TXT}, CSV files, {multilevel.COST_PNG}, "
-              f"{multilevel.LEVELS_PNG}) in {result.timings['total_s']:.1f} s")
-    return EXIT_OK
-
-
-COMMANDS = {"run": cmd_run, "show": cmd_show, "plugins": cmd_plugins, "methods": cmd_methods, "suites": cmd_suites,
-            "mlmc-test": cmd_mlmc_test}
+            commands[name] = (entry.cls(), entry.plugin)
+        except Exception as exc:  # noqa: BLE001 - a faulty plugin is bad input, named
+            raise PluginError(f"plugin {entry.plugin!r}: command {name!r} cannot be created: "
+                              f"{type(exc).__name__}: {exc}") from None
+    return commands
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["run", *(argv or [])])
+    argv = sys.argv[1:] if argv is None else list(argv)
     out = Console()
     err = Console(stderr=True, soft_wrap=True)
     try:
+        commands = _plugin_commands(argv, err)
+        parser = _parser(commands)
+    except PluginError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["run", *argv])
+    try:
+        if args.command in commands:
+            return commands[args.command][0].run(args, out, err)
         return COMMANDS[args.command](args, out, err)
     except (suite_mod.SuiteError, PluginError, executors.ExecutorError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
@@ -392,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("[red]interrupted[/] before any cell ran: nothing was saved")
         return 130
+    finally:
+        _preloaded.clear()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,11 @@
 """Multilevel Monte Carlo: the level estimators, Giles' adaptive algorithm,
-the ``mlmc`` pricer against reference prices, and ``pricebench mlmc-test``."""
+the ``mlmc`` pricer against reference prices, its work budget, and
+``pricebench mlmc-test`` (a command the mlmc plugin registers)."""
 
 import json
 import math
+import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -11,8 +14,12 @@ import pytest
 from scipy import stats
 
 import bench
-from bench import cli, multilevel
+from bench import cli, suite
+from bench.methods import SettingError
 from bench.plugins import get_registry
+from bench.suite import SuiteError
+from pricebench_plugins.pricers import _mlmc_driver as driver
+from pricebench_plugins.pricers import _mlmc_test as mlmc_test_cmd
 
 GBM = dict(S=100.0, K=100.0, T=1.0, r=0.05, sigma=0.2)
 GBM_EXACT = 10.450583572185567
@@ -160,7 +167,7 @@ def test_variance_rates_milstein_2_euler_1():
         for l in range(1, 6):
             s, _ = fn(l, np.array([20_000]))
             var.append(s[0, 1] / 20_000 - (s[0, 0] / 20_000) ** 2)
-        slope, _ = multilevel.fit_rate(var, 2, range(1, 6))
+        slope, _ = driver.fit_rate(var, 2, range(1, 6))
         assert abs(-slope - target) < (0.4 if scheme == "milstein" else 0.25), (scheme, -slope)
 
 
@@ -178,12 +185,12 @@ def synthetic(c=2.0, M=2, sd=1.0, seed=0):
         pf = y if l == 0 else 1.0 + c * M ** -l + y - mean
         return [y.sum(), (y ** 2).sum(), (y ** 3).sum(), (y ** 4).sum(), pf.sum(), (pf ** 2).sum()], N * M ** l
 
-    return multilevel.scalar_level(fn)
+    return driver.scalar_level(fn)
 
 
 def test_adaptive_levels_follow_the_bias_estimate():
     eps = 0.01
-    res = multilevel.mlmc(synthetic(), eps, M=2, N0=500, Lmin=2, Lmax=12)
+    res = driver.mlmc(synthetic(), eps, M=2, N0=500, Lmin=2, Lmax=12)
     L = int(res.L[0])
     # remaining bias c M^-L; Giles' estimate |E Y_L| / (M^alpha - 1) equals it for alpha = 1
     assert 2.0 * 2.0 ** -L <= eps / math.sqrt(2) < 2.0 * 2.0 ** -(L - 1)
@@ -196,8 +203,8 @@ def test_adaptive_levels_follow_the_bias_estimate():
 
 
 def test_lmax_hit_is_flagged_and_warned():
-    with pytest.warns(multilevel.MLMCWarning, match="Lmax"):
-        res = multilevel.mlmc(synthetic(sd=0.05), 0.001, M=2, N0=200, Lmin=2, Lmax=3)
+    with pytest.warns(driver.MLMCWarning, match="Lmax"):
+        res = driver.mlmc(synthetic(sd=0.05), 0.001, M=2, N0=200, Lmin=2, Lmax=3)
     assert res.lmax_hit[0] and not res.converged[0] and int(res.L[0]) == 3
     assert np.isfinite(res.price[0])
 
@@ -205,8 +212,8 @@ def test_lmax_hit_is_flagged_and_warned():
 def test_batch_runs_entries_independently_with_per_entry_eps():
     """Streams are keyed by the entry's index, and the driver's decisions per entry use only that
     entry's sums: entry 0 of a batch is bit-identical to the same problem run alone."""
-    alone = multilevel.mlmc(levels(scheme="euler"), 0.2, M=4, N0=500)
-    res = multilevel.mlmc(levels(scheme="euler"), [0.2, 0.05], M=4, N0=500)
+    alone = driver.mlmc(levels(scheme="euler"), 0.2, M=4, N0=500)
+    res = driver.mlmc(levels(scheme="euler"), [0.2, 0.05], M=4, N0=500)
     assert res.price.shape == (2,) and res.L[0] <= res.L[1]
     assert res.cost[0] < res.cost[1]
     assert np.all(np.abs(res.price - GBM_EXACT) < 3 * np.array([0.2, 0.05]))
@@ -227,12 +234,12 @@ def test_driver_rejects_bad_arguments():
                          (dict(eps=0.1, Lmax=1), "Lmax"), (dict(eps=0.1, alpha=-1.0), "alpha"),
                          (dict(eps=0.1, theta=1.0), "theta")):
         with pytest.raises(ValueError, match=word):
-            multilevel.mlmc(fn, **kwargs)
+            driver.mlmc(fn, **kwargs)
 
 
 def test_gbm_call_meets_eps_against_exact_price():
     eps = 0.05
-    res = multilevel.mlmc(levels(M=4, seed=11), eps, M=4, N0=1000, batch=6)  # 6 independent runs
+    res = driver.mlmc(levels(M=4, seed=11), eps, M=4, N0=1000, batch=6)  # 6 independent runs
     err = res.price - GBM_EXACT
     assert math.sqrt(np.mean(err ** 2)) <= 1.5 * eps
     assert np.all(np.abs(err) <= 2.5 * eps)
@@ -244,8 +251,8 @@ def test_non_finite_samples_give_nan_with_a_reason():
     def fn(l, N):
         return [math.nan] * 6, float(N)
 
-    with pytest.warns(multilevel.MLMCWarning):
-        res = multilevel.mlmc(multilevel.scalar_level(fn), 0.1, M=2, N0=10)
+    with pytest.warns(driver.MLMCWarning):
+        res = driver.mlmc(driver.scalar_level(fn), 0.1, M=2, N0=10)
     assert math.isnan(res.price[0]) and "non-finite" in res.reason[0]
 
 
@@ -284,8 +291,6 @@ def test_pricer_settings_are_checked():
     params = mdl.validate(dict(S=100, K=100, T=1, v0=0.04, kappa=1, theta=0.04, xi=0.3, rho=-0.5))
     with pytest.raises(ValueError, match="scheme"):
         pricer(scheme="milstein").prepare(mdl, "european_call", params)
-    with pytest.raises(ValueError, match="Lmax"):
-        pricer(Lmin=5, Lmax=3).prepare(mdl, "european_call", params)
     with pytest.raises(ValueError, match="eps"):
         pricer(eps=0.0)
     with pytest.raises(ValueError, match="scheme"):
@@ -294,11 +299,108 @@ def test_pricer_settings_are_checked():
     assert pricer().resolved_scheme("cev") == "euler"
 
 
+@pytest.mark.parametrize("settings", [dict(Lmin=5, Lmax=3), dict(M=16, Lmax=8), dict(M=4, Lmax=16)])
+def test_cross_settings_are_rejected_in_init(settings):
+    """Lmax < Lmin, or M^Lmax > 2^31 steps per path: SettingError naming Lmax from the constructor."""
+    with pytest.raises(SettingError, match="Lmax") as info:
+        pricer(**settings)
+    assert info.value.setting == "Lmax"
+    pricer(M=2, Lmax=30)  # 2^30 steps: allowed
+
+
+@pytest.mark.parametrize("settings", [{"Lmin": 5, "Lmax": 3}, {"M": 16, "Lmax": 8}])
+def test_suite_with_bad_cross_settings_names_the_setting(settings):
+    data = {"name": "t", "seed": 1, "tasks": [{
+        "name": "calls", "kind": "price", "model": "black_scholes", "product": "european_call", "n": 2,
+        "sampler": "lhs", "fixed": {"S": 100.0, "T": 1.0, "r": 0.05, "sigma": 0.2}, "domain": {"K": [90.0, 110.0]},
+        "reference": "closed_form", "methods": [{"name": "mlmc", "settings": settings}]}]}
+    with pytest.raises(SuiteError, match=r"task 'calls': key 'methods\[0\]\.settings\.Lmax'"):
+        suite.parse(data, "s.toml", get_registry())
+
+
+def test_empty_batch_gives_an_empty_result():
+    mdl = get_registry().model("heston")
+    p = pricer()
+    params = mdl.validate(dict(S=100.0, K=np.zeros(0), T=1.0, v0=0.04, kappa=1.5, theta=0.04, xi=0.5, rho=-0.7))
+    res = p.price(p.prepare(mdl, "european_call", params))
+    assert res.price.shape == res.stderr.shape == res.reason.shape == (0,)
+    out = bench.price("mlmc", model="black_scholes", product="european_put", S=100.0, K=np.zeros((0, 3)), T=1.0,
+                      sigma=0.2)
+    assert out.shape == (0, 3)
+    empty = driver.mlmc(synthetic(), 0.1, M=2, batch=0)
+    assert empty.price.shape == (0,) and empty.Nl.shape == (0, 11)
+
+
+# --------------------------------------------------------------------------- the work budget
+
+
+@pytest.mark.parametrize("model,params", [
+    ("heston", dict(S=100.0, K=100.0, T=30.0, r=0.0, v0=1.0, kappa=1.5, theta=0.04, xi=0.5, rho=-0.7)),
+    ("heston", dict(S=100.0, K=100.0, T=30.0, r=0.0, v0=0.04, kappa=1.5, theta=0.04, xi=0.5, rho=-0.7)),
+    ("cev", dict(S=100.0, K=100.0, T=1.0, r=0.05, sigma=300.0, beta=0.5)),
+    ("cev", dict(S=100.0, K=100.0, T=30.0, r=0.05, sigma=300.0, beta=1.0)),
+    ("black_scholes", dict(S=100.0, K=100.0, T=1.0, r=0.05, sigma=5.0)),
+])
+def test_edge_points_are_nan_with_a_reason_within_the_budget(model, params):
+    """Points whose eps needs 10^10 to 10^20 path steps (they ran for minutes or raised MemoryError)
+    end at once with the default budget: NaN, the reason, and no more work than max_cost."""
+    p = pricer()
+    mdl = get_registry().model(model)
+    inputs = p.prepare(mdl, "european_call", mdl.validate(params))
+    t0 = time.perf_counter()
+    with pytest.warns(driver.MLMCWarning, match="work budget"):
+        res = p.price(inputs)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10.0
+    assert np.isnan(res.price).all() and np.isnan(res.stderr).all()
+    assert all("mlmc: over the work budget" in r and "max_cost" in r for r in np.ravel(res.reason))
+    assert (p.result_.cost <= p.max_cost).all()
+
+
+def test_budget_bounds_the_work_and_spares_the_rest_of_the_batch():
+    """Beside an ordinary option, one that needs more than max_cost: only that one is NaN, and
+    neither spends more than max_cost (checked before every draw, so never exceeded)."""
+    params = dict(GBM, sigma=[0.2, 1.5])
+    with pytest.warns(driver.MLMCWarning, match="1 of 2 estimates failed: over the work budget"):
+        price, se, res = run_pricer("black_scholes", "european_call", params, eps=0.05, N0=1000, seed=1,
+                                    max_cost=5e6)
+    assert np.isfinite(price[0]) and np.isnan(price[1])
+    assert abs(price[0] - GBM_EXACT) < 4 * se[0] + 0.05
+    assert res.reason[0] == "" and "work budget" in res.reason[1]
+    assert (res.cost <= 5e6).all() and res.cost[1] > 0
+    # the same ordinary option alone: the budget does not change what it draws
+    alone, _, _ = run_pricer("black_scholes", "european_call", GBM, eps=0.05, N0=1000, seed=1, max_cost=5e6)
+    assert alone.tobytes() == price[:1].tobytes()
+    with pytest.raises(SettingError, match="max_cost"):
+        pricer(max_cost=0.0)
+
+
+def test_driver_budget_without_cost_per_sample():
+    """A level function without cost_per_sample: the budget uses the measured costs per sample."""
+    with pytest.warns(driver.MLMCWarning, match="work budget"):
+        res = driver.mlmc(synthetic(), 1e-4, M=2, N0=500, Lmax=12, max_cost=1e5)
+    assert math.isnan(res.price[0]) and "work budget" in res.reason[0] and res.cost[0] <= 1e5
+    assert math.isfinite(driver.mlmc(synthetic(), 0.05, M=2, N0=500, max_cost=1e7).price[0])
+    with pytest.raises(ValueError, match="max_cost"):
+        driver.mlmc(synthetic(), 0.1, max_cost=0.0)
+
+
+def test_a_call_larger_than_one_pass_sums_as_one_pass():
+    """Kernels run a call's blocks in passes of CHUNK blocks, so their memory stays bounded however
+    many samples are asked for; an entry whose blocks straddle two passes sums exactly as alone."""
+    from pricebench_plugins.pricers import _mlmc_kernels as k
+
+    n = 20 * k.BLOCK + 17
+    both, _ = levels(seed=9, scheme="euler")(0, np.array([(k.CHUNK - 5) * k.BLOCK, n]))
+    alone, _ = levels(seed=9, scheme="euler")(0, np.array([0, n]))
+    assert both[1].tobytes() == alone[1].tobytes()
+
+
 # --------------------------------------------------------------------------- mlmc_test and the CLI
 
 
 def test_mlmc_test_report_gbm():
-    res = multilevel.mlmc_test(levels(scheme="euler", M=2), 2, 20_000, 5, 500, [0.2, 0.1, 0.05], exact=GBM_EXACT,
+    res = driver.mlmc_test(levels(scheme="euler", M=2), 2, 20_000, 5, 500, [0.2, 0.1, 0.05], exact=GBM_EXACT,
                                repeats=2)
     conv = res.convergence
     assert list(conv.l) == list(range(6)) and (conv.check < 1.5).all()
@@ -308,7 +410,7 @@ def test_mlmc_test_report_gbm():
     assert res.cost_slopes["mc"] < res.cost_slopes["mlmc"] < -1.5
     sd = res.seed002
     assert len(sd) == 5 and {"bias_est", "bias_exact", "mse_est", "mse_exact"} <= set(sd.columns)
-    text = multilevel.report_text(res)
+    text = mlmc_test_cmd.report_text(res)
     assert "alpha" in text and "savings" in text and "Seed 002" in text
 
 
@@ -316,10 +418,10 @@ def test_seed002_exact_bias_gbm_euler_is_precise():
     """Seed 002 with the same-path exact solution: for GBM Euler (M = 2) the exact bias on
     levels 1..3 is resolved (> 3 se), agrees with the h-vs-h/M estimate within 30% and about
     halves per halving of h; the optimal-h plain-MC cost with alpha = 1 has slope -3."""
-    res = multilevel.mlmc_test(levels(scheme="euler", M=2, seed=2), 2, 1_000_000, 4, 500, [0.1, 0.05, 0.02, 0.01],
+    res = driver.mlmc_test(levels(scheme="euler", M=2, seed=2), 2, 1_000_000, 4, 500, [0.1, 0.05, 0.02, 0.01],
                                exact=GBM_EXACT, alpha=1.0, exact_paths=2_000_000)
     sd = res.seed002.set_index("l")
-    assert res.seed002_info["bias_exact"] == multilevel.SEED002_SAME_PATH
+    assert res.seed002_info["bias_exact"] == driver.SEED002_SAME_PATH
     for l in (1, 2, 3):
         bias, se, est = sd.bias_exact[l], sd.bias_exact_stderr[l], sd.bias_est[l]
         assert abs(bias) > 3 * se, (l, bias, se)
@@ -335,13 +437,13 @@ def test_seed002_exact_bias_gbm_euler_is_precise():
     assert res.cost_slopes["mc_opt_theory"] == pytest.approx(-3.0, abs=0.01)
     assert (comp.n_opt.diff().iloc[1:] > 0).all() and (comp.savings_opt > 0).all()
     assert res.settings["alpha_used"] == 1.0
-    text = multilevel.report_text(res)
+    text = mlmc_test_cmd.report_text(res)
     assert "MC cost (level L)" in text and "MC cost (optimal h)" in text and "same Brownian path" in text
 
 
 def test_optimal_h_mc_cost_on_a_synthetic_weak_error():
     """P_l = 1 + 2 h_l + noise: |E Y_l| = c h (M - 1) with c = 2, so n = ceil(c sqrt(2) / eps)."""
-    res = multilevel.mlmc_test(synthetic(c=2.0, M=2), 2, 20_000, 4, 500, [0.1, 0.02], exact=1.0)
+    res = driver.mlmc_test(synthetic(c=2.0, M=2), 2, 20_000, 4, 500, [0.1, 0.02], exact=1.0)
     w = res.mc_optimal
     assert w["c"] == pytest.approx(2.0, rel=0.05) and w["c_levels"] == [1, 2, 3, 4]
     assert w["alpha"] == pytest.approx(1.0, abs=0.05) and w["alpha_source"] == "fitted"
@@ -351,8 +453,8 @@ def test_optimal_h_mc_cost_on_a_synthetic_weak_error():
         assert abs(r.n_opt - n) <= 0.06 * n
         assert r.mc_cost_opt == pytest.approx(w["var_P"] * w["C0"] * r.n_opt ** w["gamma"] / (r.eps ** 2 / 2))
     # no exact path solution: the exact bias is E[P_h] - exact from independent samples, and says so
-    assert res.seed002_info["bias_exact"] == multilevel.SEED002_INDEPENDENT
-    assert "bias_ratio" not in res.seed002 and "no exact path solution" in multilevel.report_text(res)
+    assert res.seed002_info["bias_exact"] == driver.SEED002_INDEPENDENT
+    assert "bias_ratio" not in res.seed002 and "no exact path solution" in mlmc_test_cmd.report_text(res)
 
 
 def test_cli_mlmc_test_writes_files(tmp_path, capsys, restore_registry):
@@ -376,7 +478,7 @@ def test_cli_mlmc_test_writes_files(tmp_path, capsys, restore_registry):
     assert settings["alpha"] == 1.0 and settings["alpha_used"] == 1.0 and settings["beta"] is None
     assert settings["gamma_used"] == 1.0 and settings["exact_paths"] == 5000 and settings["weak_order"] == 1.0
     assert summary["mc_optimal_h"]["alpha_source"] == "given" and "mc_opt" in summary["cost_slopes"]
-    assert summary["seed002"]["bias_exact"] == multilevel.SEED002_SAME_PATH
+    assert summary["seed002"]["bias_exact"] == driver.SEED002_SAME_PATH
     report_txt = (out / "report.txt").read_text()
     assert "MC cost (optimal h)" in report_txt and "MC cost (level L)" in report_txt
     assert (out / "cost_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
@@ -390,7 +492,7 @@ def test_cli_mlmc_test_other_model(tmp_path, capsys, restore_registry):
     settings = json.loads((out / "summary.json").read_text())["settings"]
     assert settings["params"]["sigma"] == 0.3 and settings["exact_source"] == "fd" and settings["scheme"] == "euler"
     assert settings["refit"] and settings["alpha_used"] is None
-    assert settings["seed002_bias"] == multilevel.SEED002_INDEPENDENT  # no exact path solution for BK
+    assert settings["seed002_bias"] == driver.SEED002_INDEPENDENT  # no exact path solution for BK
     assert "no exact path solution" in (out / "report.txt").read_text()
 
 
@@ -419,3 +521,55 @@ def test_cli_mlmc_test_bad_option_value_exits_2(capsys, args):
     with pytest.raises(SystemExit) as exc:
         cli.main(["mlmc-test", *args])
     assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------- mlmc-test is the plugin's command
+
+
+PLUGIN_COMMAND = '''
+from bench import hookimpl
+from bench.commands import Command
+
+
+class Hello(Command):
+    name = "{name}"
+    help = "say hello"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--who", default="world")
+
+    def run(self, args, out, err):
+        out.print(f"hello {{args.who}}")
+        return 0
+
+
+@hookimpl
+def register_commands(register):
+    register(Hello)
+'''
+
+
+def test_mlmc_test_is_registered_by_the_mlmc_plugin(capsys, restore_registry, monkeypatch):
+    assert cli.main(["plugins", "--json"]) == 0
+    plugins = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert plugins["mlmc"]["registers"] == ["pricer:mlmc", "command:mlmc-test"]
+    assert "mlmc" not in Path(cli.__file__).read_text()  # nothing of it is left in the framework's CLI
+    # without the mlmc plugin there is no such command
+    monkeypatch.setenv("PRICEBENCH_PLUGINS", "black_scholes,closed_form")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["mlmc-test", "--N", "100"])
+    assert exc.value.code == 2 and "invalid choice: 'mlmc-test'" in capsys.readouterr().err
+
+
+def test_a_plugins_dir_command_is_parsed_and_run(tmp_path, capsys, restore_registry):
+    (tmp_path / "hello.py").write_text(PLUGIN_COMMAND.format(name="hello"))
+    assert cli.main(["hello", "--plugins-dir", str(tmp_path), "--who", "MLMC"]) == 0
+    assert "hello MLMC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["run", "plugins", "compare", "report"])
+def test_a_plugin_command_named_like_a_built_in_one_exits_2(tmp_path, capsys, restore_registry, name):
+    (tmp_path / "clash.py").write_text(PLUGIN_COMMAND.format(name=name))
+    assert cli.main(["plugins", "--plugins-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "plugin 'clash'" in err and f"command '{name}'" in err

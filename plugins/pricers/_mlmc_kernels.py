@@ -51,6 +51,13 @@ block writes its partial sums to its own row and the rows are added in a
 fixed order afterwards, so the sums are bit-identical with any number of
 threads.
 
+Memory: a call runs its blocks in passes of at most :data:`CHUNK` blocks, each
+pass's partial sums added to the totals in block order before the next, so a
+call's scratch arrays stay under 4 MiB however many samples it is asked for
+(the sums are the same as in one pass: the same additions in the same order).
+What bounds the *work* of a call is the caller's business (the pricer's
+``max_cost`` budget).
+
 The per-model block functions take only scalars and the random state (a
 4-tuple of uint64 in registers) in their hot loops; the state never lives in
 an array.
@@ -67,6 +74,7 @@ from pricebench_plugins.pricers import _jitcache, _rng, _sde
 
 BLOCK = 512  # samples per random stream; fixed: changing it changes every result
 MAX_LEVEL = 63  # streams are keyed by key * 64 + level
+CHUNK = 1 << 16  # blocks per pass of a call: bounds its scratch memory (64 bytes a block), not its work
 _BK_GRID_MAX = 1 << 23  # values (64 MiB) of the per-call ln mu(t) table of black_karasinski
 
 MODELS = ("black_scholes", "heston", "cev", "sinh_lv", "black_karasinski")
@@ -267,34 +275,39 @@ def _bk_log_level(mu, amp, T, nf, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _partition(N):
-    """The work items of a call: (entry b, block j of b) for every block of N[b] samples, in order."""
+def _n_items(N):
+    """The work items of a call: one per block of N[b] samples, over every entry b."""
     total = 0
     for b in range(N.shape[0]):
         total += (N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0
-    entry = np.empty(total, np.int64)
-    local = np.empty(total, np.int64)
-    w = 0
-    for b in range(N.shape[0]):
-        for j in range((N[b] + BLOCK - 1) // BLOCK if N[b] > 0 else 0):
-            entry[w] = b
-            local[w] = j
-            w += 1
-    return entry, local
+    return total
 
 
 @numba.njit(cache=True, nogil=True)
-def _reduce(part, entry, out):
-    """out[b, k] = the sum of part[w, k] over the items w of entry b, in item order (thread-count free)."""
+def _partition(N, b, j, entry, local, n):
+    """The next n work items (entry, block of that entry) in order from item (b, j) on, into
+    entry[:n], local[:n]; returns the item after them."""
+    w = 0
+    while w < n:
+        if N[b] <= 0 or j >= (N[b] + BLOCK - 1) // BLOCK:
+            b += 1
+            j = 0
+            continue
+        entry[w] = b
+        local[w] = j
+        w += 1
+        j += 1
+    return b, j
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(part, entry, n, out):
+    """out[b, k] += part[w, k] for the items w < n of a pass, in item order (thread-count free)."""
     width = part.shape[1]
-    for b in range(out.shape[0]):
-        for k in range(width):
-            out[b, k] = 0.0
-    for w in range(entry.shape[0]):
+    for w in range(n):
         b = entry[w]
         for k in range(width):
             out[b, k] += part[w, k]
-    return out
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -308,9 +321,6 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     N[b] = 0 get zeros.
     """
     B = N.shape[0]
-    entry, local = _partition(N)
-    total = entry.shape[0]
-    part = np.empty((total, 6))
     milstein = scheme == 1
     # black_karasinski: ln mu(t) on the fine grid, once per parameter row in use (not per block) while
     # the table stays under _BK_GRID_MAX values; beyond that, per block as before (same values)
@@ -326,7 +336,30 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     for ir in numba.prange(grid.shape[0]):  # not inside the if: there this prange gave wrong tables
         if need[ir]:
             _bk_log_level(P[ir, 3], P[ir, 4], P[ir, 5], nf, grid[ir])
-    for w in numba.prange(total):
+    out[:, :] = 0.0
+    total = _n_items(N)
+    size = min(total, CHUNK)
+    entry = np.empty(size, np.int64)
+    local = np.empty(size, np.int64)
+    part = np.empty((size, 6))
+    b = 0
+    j = 0
+    done = 0
+    while done < total:
+        n = min(size, total - done)
+        b, j = _partition(N, b, j, entry, local, n)
+        _level_pass(model, milstein, bk_table, sign, l, M, nf, P, rows, keys, N, block0, seed, grid, entry,
+                    local, n, part)
+        _accumulate(part, entry, n, out)  # fixed order: the same sums whichever thread ran which block
+        done += n
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _level_pass(model, milstein, bk_table, sign, l, M, nf, P, rows, keys, N, block0, seed, grid, entry, local,
+                count, part):
+    """One pass of :func:`level_sums`: the partial sums of work items 0..count-1 into ``part``."""
+    for w in numba.prange(count):
         b = entry[w]
         j = local[w]
         n = min(BLOCK, N[b] - j * BLOCK)
@@ -353,7 +386,6 @@ def level_sums(model, scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
         part[w, 3] = res[4]
         part[w, 4] = res[5]
         part[w, 5] = res[6]
-    return _reduce(part, entry, out)  # fixed order: the same sums whichever thread ran which block
 
 
 @_jit
@@ -386,7 +418,7 @@ def _bs_exact_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
     return st, s1, s2, s3, s4
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def exact_sums(scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     """Seed 002's same-path coupling for ``black_scholes`` (the model with an exact
     path solution): per batch entry b, sums over ``N[b]`` paths of D = P_h - P_exact,
@@ -397,11 +429,28 @@ def exact_sums(scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
     with the option index offset by :data:`EXACT_STREAM` (independent draws); same
     blocks, fixed-order reduction, so bit-identical whatever the thread count.
     """
-    entry, local = _partition(N)
-    total = entry.shape[0]
-    part = np.empty((total, 4))
-    milstein = scheme == 1
-    for w in numba.prange(total):
+    out[:, :] = 0.0
+    total = _n_items(N)
+    size = min(total, CHUNK)
+    entry = np.empty(size, np.int64)
+    local = np.empty(size, np.int64)
+    part = np.empty((size, 4))
+    b = 0
+    j = 0
+    done = 0
+    while done < total:
+        n = min(size, total - done)
+        b, j = _partition(N, b, j, entry, local, n)
+        _exact_pass(scheme == 1, sign, l, M, P, rows, keys, N, block0, seed, entry, local, n, part)
+        _accumulate(part, entry, n, out)
+        done += n
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _exact_pass(milstein, sign, l, M, P, rows, keys, N, block0, seed, entry, local, count, part):
+    """One pass of :func:`exact_sums`: the partial sums of work items 0..count-1 into ``part``."""
+    for w in numba.prange(count):
         b = entry[w]
         j = local[w]
         n = min(BLOCK, N[b] - j * BLOCK)
@@ -412,7 +461,6 @@ def exact_sums(scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
         part[w, 1] = res[2]
         part[w, 2] = res[3]
         part[w, 3] = res[4]
-    return _reduce(part, entry, out)
 
 
 def blocks_used(N):

@@ -1,7 +1,7 @@
 """Multilevel Monte Carlo pricer (Giles 2008, 2015): ``mlmc``.
 
 Algorithm: Giles' adaptive MLMC as in his ``mlmc.m`` and the Python port
-``pymlmc``, implemented generically in :mod:`bench.multilevel` (read its
+``pymlmc``, implemented generically in :mod:`._mlmc_driver` (read its
 docstring): levels l = 0..L with time step h_l = T / M^l, N0 pilot samples
 per level starting from L = Lmin, optimal N_l = ceil(2 eps^-2 sqrt(V_l / C_l)
 sum_k sqrt(V_k C_k)) for variance eps^2 / 2, and levels added while the bias
@@ -11,6 +11,22 @@ level 0, unlike mlmc.m when L = 2) exceeds eps / sqrt 2
 alpha, beta, gamma (h units) are fitted by regression over levels 1..L unless
 given as settings. The whole batch advances together: each iteration runs
 one compiled kernel call per level over every option that needs samples.
+
+Work budget: ``max_cost`` (default 1e9) caps the path steps one option may
+take, fine and coarse paths on every level together (the driver checks it
+before every draw, so it is never exceeded). An option whose eps would need
+more gets NaN with the reason "over the work budget" instead of running for
+minutes or asking for more memory than the machine has: the edges of the
+domains need from 2.5e9 (Heston, v0 = 1) over 1e11 (Heston, T = 30) to 1e20
+steps (CEV, sigma = 300, T = 30) at eps = 0.01, and now end after their
+pilot samples, in a fraction of a second. 1e9 steps take about 10 s for
+Black-Scholes and 25 s for Heston on one core of our development VM,
+and are more than 15 times what the ``mlmc`` suite's hardest cell (Euler,
+eps = 0.005: 6e7) needs; Heston at eps = 0.01 needs 1e8 to 1e9 steps for
+moderate parameters but more with a strong vol of vol (5e9 with xi = 1,
+rho = -0.9): raise ``max_cost`` (``inf``: no budget) or ``eps`` there. The
+kernels run a call's blocks in passes of bounded size, so their memory does
+not grow with the samples asked for.
 
 Level estimators (:mod:`._mlmc_kernels`, numba, parallel over blocks of
 samples): fine path with M^l steps and coarse path with M^(l-1) steps driven
@@ -33,7 +49,8 @@ block of samples); blocks already used on a level are counted, so samples
 added in later iterations are always fresh. Results are identical whatever
 the number of threads. ``seed = None`` means 0.
 
-``pricebench mlmc-test`` (:func:`bench.multilevel.mlmc_test` on
+``pricebench mlmc-test`` (:mod:`._mlmc_test`, registered below through
+``register_commands``: :func:`._mlmc_driver.mlmc_test` on
 :meth:`MultilevelMC.level_function`) reproduces Giles' ``mlmc_test`` report:
 the convergence test per level, fitted alpha, beta, gamma (or fixed with
 ``--alpha``, ``--beta``, ``--gamma``: theory for GBM is alpha = 1 with
@@ -75,6 +92,7 @@ import numpy as np
 
 from bench import hookimpl
 from bench.methods import Model, PriceResult, Pricer, Setting, SettingError, Unsupported
+from pricebench_plugins.pricers import _mlmc_driver
 
 __version__ = "1"
 
@@ -95,7 +113,7 @@ def _kernels():
 
 
 class KernelLevels:
-    """A level function (see :mod:`bench.multilevel`) over the compiled kernels.
+    """A level function (see :mod:`._mlmc_driver`) over the compiled kernels.
 
     ``P`` holds one parameter row per option; with a single row, every batch
     entry is an independent replica of that one problem (``mlmc_test`` runs
@@ -158,7 +176,7 @@ class KernelLevels:
 
     def _exact_coupling(self, l: int, N) -> tuple[np.ndarray, np.ndarray]:
         """Seed 002's coupling with the exact solution (``black_scholes`` only; see
-        :mod:`bench.multilevel`): sums (B, 4) over N fresh paths of D = P_l - P_exact
+        :mod:`._mlmc_driver`): sums (B, 4) over N fresh paths of D = P_l - P_exact
         (same Brownian path), D^2, P_exact, P_exact^2, and their cost (M^l steps each)."""
         N, rows, block0, used = self._prepare_call(l, N, self.exact_blocks)
         B = N.size
@@ -197,7 +215,14 @@ class MultilevelMC(Pricer):
         "alpha": Setting(None, float, "weak rate |E Y_l| ~ h^alpha (None: fitted)", min=1e-3),
         "beta": Setting(None, float, "variance rate V[Y_l] ~ h^beta (None: fitted)", min=1e-3),
         "gamma": Setting(None, float, "cost rate C_l ~ h^-gamma (None: fitted)", min=1e-3),
+        "max_cost": Setting(1e9, float, "work budget per option: the most path steps (fine and coarse, all levels) "
+                            "it may take; an option whose eps needs more is NaN with a reason (inf: no budget)",
+                            min=1.0),
     }
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._check()  # cross-setting checks here, so a suite is rejected before anything runs
 
     # ------------------------------------------------------------------ set-up
 
@@ -215,10 +240,11 @@ class MultilevelMC(Pricer):
 
     def _check(self):
         if self.Lmax < self.Lmin:
-            raise ValueError(f"pricer 'mlmc': setting 'Lmax' ({self.Lmax}) must be >= 'Lmin' ({self.Lmin})")
+            raise SettingError(f"pricer 'mlmc': setting 'Lmax' ({self.Lmax}) must be >= 'Lmin' ({self.Lmin})",
+                               "Lmax")
         if self.M ** self.Lmax > 2 ** 31:
-            raise ValueError(f"pricer 'mlmc': setting 'Lmax' = {self.Lmax} gives M^Lmax = {self.M ** self.Lmax} "
-                             "time steps per path; keep M^Lmax <= 2^31")
+            raise SettingError(f"pricer 'mlmc': setting 'Lmax' = {self.Lmax} gives M^Lmax = {self.M ** self.Lmax} "
+                               f"time steps per path (M = {self.M}); keep M^Lmax <= 2^31", "Lmax")
 
     def prepare(self, model, product, params, device="cpu", array_backend=None):
         if array_backend not in (None, "numpy"):
@@ -235,9 +261,6 @@ class MultilevelMC(Pricer):
         self.sign_ = -1.0 if product.endswith("_put") else 1.0
         k = _kernels()
         k.warm_up()  # compile (or load from the cache) outside the timed region
-        from bench import multilevel  # here, untimed: it loads pandas, which loading the plugin need not
-
-        self.driver_ = multilevel.mlmc
         P = np.stack([np.asarray(flat[c], dtype=np.float64) for c in _COLUMNS[model.name]], axis=1)
         return {"P": np.ascontiguousarray(P)}
 
@@ -247,11 +270,12 @@ class MultilevelMC(Pricer):
         P = inputs["P"]
         B = P.shape[0]
         if B == 0:
-            return PriceResult(np.empty(self.shape_), np.empty(self.shape_))
+            return PriceResult(np.empty(self.shape_), np.empty(self.shape_), np.empty(self.shape_, dtype=object))
         levels = KernelLevels(self.model_.name, self.scheme_, self.sign_, self.M, P,
                               self.seed if self.seed is not None else 0)
-        res = self.driver_(levels, self.eps, M=self.M, N0=self.N0, Lmin=self.Lmin, Lmax=self.Lmax,
-                           alpha=self.alpha, beta=self.beta, gamma=self.gamma, batch=B)
+        res = _mlmc_driver.mlmc(levels, self.eps, M=self.M, N0=self.N0, Lmin=self.Lmin, Lmax=self.Lmax,
+                                alpha=self.alpha, beta=self.beta, gamma=self.gamma, batch=B,
+                                max_cost=self.max_cost if np.isfinite(self.max_cost) else None)
         self.result_ = res
         reason = np.where(res.reason == "", "", "mlmc: " + res.reason.astype(str))
         return PriceResult(price=res.price.reshape(self.shape_), stderr=res.stderr.reshape(self.shape_),
@@ -259,7 +283,7 @@ class MultilevelMC(Pricer):
 
     def level_function(self, model: str | Model, product: str, params: Mapping[str, Any],
                        seed: int | None = None) -> KernelLevels:
-        """The level function (see :mod:`bench.multilevel`) for ONE parameter set:
+        """The level function (see :mod:`._mlmc_driver`) for ONE parameter set:
         batch entries are independent replicas. For ``mlmc_test`` and experiments.
 
         ``model``: a name or a Model; ``params``: scalars (validated by the model);
@@ -285,3 +309,10 @@ class MultilevelMC(Pricer):
 @hookimpl
 def register_pricers(register):
     register(MultilevelMC)
+
+
+@hookimpl
+def register_commands(register):
+    from pricebench_plugins.pricers._mlmc_test import MLMCTestCommand
+
+    register(MLMCTestCommand)

@@ -1,5 +1,12 @@
-"""Multilevel Monte Carlo: Giles' adaptive algorithm, his ``mlmc_test`` report
-and the seed-002 error analysis, generic over a level function.
+"""Multilevel Monte Carlo, the algorithm: Giles' adaptive MLMC, the computations
+of his ``mlmc_test`` (convergence and complexity tests) and seed 002's error
+analysis, generic over a level function.
+
+This is the ``mlmc`` pricer's driver (:mod:`.mlmc`); the ``pricebench
+mlmc-test`` command that presents :func:`mlmc_test`'s result (tables, CSV,
+report.txt, summary.json, plots) is :mod:`._mlmc_test`. Nothing here prints
+or writes files. NumPy only at import: pandas, which the tests' tables need,
+is imported by the functions that build them, so the pricer never loads it.
 
 References
 ----------
@@ -79,15 +86,16 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
-    "MLMCResult", "MLMCTestResult", "MLMCWarning", "fit_rate", "mlmc", "mlmc_test", "render",
-    "report_text", "scalar_level", "write_report", "plot_cost", "plot_levels",
+    "MLMCResult", "MLMCTestResult", "MLMCWarning", "SEED002_INDEPENDENT", "SEED002_SAME_PATH", "fit_rate", "mlmc",
+    "mlmc_test", "scalar_level",
 ]
 
 LevelFunction = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -231,6 +239,7 @@ def mlmc(
     theta: float = 0.5,
     batch: int | None = None,
     max_iterations: int = 200,
+    max_cost: float | None = None,
     warn: bool = True,
 ) -> MLMCResult:
     """Giles' adaptive multilevel Monte Carlo for a batch (see the module docstring).
@@ -243,6 +252,18 @@ def mlmc(
     and a reason; entries that reach Lmax with too large a bias estimate keep
     their estimate and are flagged in ``lmax_hit`` (with an
     :class:`MLMCWarning` when ``warn``).
+
+    ``max_cost``: the work budget of one entry, in the level function's cost
+    units (path steps for the pricer), or None for none. Before every draw
+    the entry's cost so far plus that of the samples about to be drawn is
+    compared with it (per-sample costs from ``level_fn.cost_per_sample(l)``
+    when offered, else those measured, a new level's extrapolated with
+    gamma); an entry that would exceed it draws nothing more and gets a NaN
+    price and a reason. So no entry ever spends more than ``max_cost``, and
+    since a level function's memory grows with the samples of one call, a
+    hopeless entry (an eps its variance makes unreachable, which asks for
+    10^12 samples or more) ends at once instead of running for hours or
+    failing to allocate.
     """
     eps_arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
     B = int(batch) if batch is not None else eps_arr.size
@@ -251,6 +272,11 @@ def mlmc(
     eps_arr = np.broadcast_to(eps_arr, (B,)).copy()
     _check_args(eps_arr, M, N0, Lmin, Lmax, theta)
     alpha0, beta0, gamma0 = _rate("alpha", alpha), _rate("beta", beta), _rate("gamma", gamma)
+    if max_cost is not None and not (float(max_cost) > 0):
+        raise ValueError(f"max_cost must be positive (or None for no budget), got {max_cost!r}")
+    per_sample = getattr(level_fn, "cost_per_sample", None)
+    known_cost = (np.array([float(per_sample(l)) for l in range(Lmax + 1)])[None, :]
+                  if max_cost is not None and callable(per_sample) else None)
 
     K = Lmax + 1
     lev = np.arange(K, dtype=np.float64)
@@ -279,6 +305,17 @@ def mlmc(
             reason[stuck & ~failed] = f"no convergence after {max_iterations} iterations"
             failed |= stuck
             break
+        if max_cost is not None:
+            est = known_cost if known_cost is not None else Cl  # Cl: None before the first draw
+            if est is not None:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    need = costl.sum(axis=1) + np.where(dN > 0, dN * est, 0.0).sum(axis=1)
+                over = ~(need <= max_cost) & (dN > 0).any(axis=1) & ~failed
+                if over.any():
+                    reason[over] = (f"over the work budget: this eps needs samples costing more than max_cost = "
+                                    f"{float(max_cost):.3g} (raise max_cost or eps)")
+                    failed |= over
+                    dN[over] = 0
         for l in range(K):
             cnt = dN[:, l]
             take = cnt > 0
@@ -374,8 +411,8 @@ def mlmc(
 
 @dataclass
 class MLMCTestResult:
-    """What :func:`mlmc_test` measured; :func:`render`, :func:`report_text`
-    and :func:`write_report` present it."""
+    """What :func:`mlmc_test` measured; :mod:`._mlmc_test` presents it (``render``,
+    ``report_text``, ``write_report``)."""
 
     settings: dict[str, Any]
     convergence: pd.DataFrame  # one row per level
@@ -398,6 +435,8 @@ def _kurtosis(s1, s2, s3, s4):
 
 
 def _convergence(level_fn, M, N, L, on_stage):
+    import pandas as pd
+
     rows = []
     for l in range(L + 1):
         t0 = time.perf_counter()
@@ -430,6 +469,8 @@ def _convergence(level_fn, M, N, L, on_stage):
 def _exact_coupling(level_fn, L: int, N: int, on_stage) -> pd.DataFrame | None:
     """Seed 002's same-path coupling on levels 0..L-1 (None if the level function has none):
     N paths each, mean and variance of D = P_l - P_exact and of P_exact."""
+    import pandas as pd
+
     fn = getattr(level_fn, "exact_coupling", None)
     if not callable(fn):
         return None
@@ -475,6 +516,8 @@ def _seed002(conv: pd.DataFrame, M: int, N: int, paths: int, order: float, exact
     bias(M h) / bias(h), M^alpha in the asymptotic regime, where both biases
     exceed 3 se, and bias_est / |bias|).
     """
+    import pandas as pd
+
     rows = []
     factor = M ** order / (M ** order - 1.0)
     have_exact = coupling is not None or exact is not None
@@ -626,6 +669,8 @@ def mlmc_test(
     ``alpha``, ``beta``, ``gamma``: fixed rates (h units) for the complexity
     runs and the optimal-h model; None: fitted by the convergence test.
     """
+    import pandas as pd
+
     if not (isinstance(N, (int, np.integer)) and N >= 2):
         raise ValueError(f"N must be an integer >= 2, got {N!r}")
     if not (isinstance(L, (int, np.integer)) and L >= 2):
@@ -750,354 +795,3 @@ def mlmc_test(
     settings.update(dict(meta or {}))
     timings["total_s"] = time.perf_counter() - t0
     return MLMCTestResult(settings, conv, rates, comp, slopes, seed, notes, timings, weak, seed_info)
-
-
-# --------------------------------------------------------------------------- presentation
-
-
-def _g(x: Any, fmt: str = ".4e") -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    return "-" if not math.isfinite(v) else format(v, fmt)
-
-
-def _levels(ls: Sequence[int]) -> str:
-    ls = list(ls)
-    if not ls:
-        return "none"
-    if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 2:
-        return f"{ls[0]}..{ls[-1]}"
-    return ", ".join(str(l) for l in ls)
-
-
-def _bias_target(theta: float) -> str:
-    return "eps/sqrt(2)" if theta == 0.5 else f"sqrt({theta:g}) eps"
-
-
-def _slope_lines(res: MLMCTestResult) -> list[str]:
-    """The cost-slope summary and the two plain-MC cost models, as plain lines."""
-    sl, w, s = res.cost_slopes, res.mc_optimal, res.settings
-    theta = s.get("theta", 0.5)
-    var = "eps^2/2" if theta == 0.5 else f"{1 - theta:g} eps^2"
-    lines = [f"cost ~ eps^s fitted over eps: MLMC s = {sl['mlmc']:.3f} (theory "
-             f"{sl.get('mlmc_theory', math.nan):.2f}{', times log^2 eps' if _beta_eq_gamma(res) else ''}); "
-             f"MC cost (level L) s = {sl['mc']:.3f}; MC cost (optimal h) s = {sl.get('mc_opt', math.nan):.3f} "
-             f"(theory -2 - gamma/alpha = {sl.get('mc_opt_theory', math.nan):.2f})",
-             f"MC cost (level L): V[P_L] C_L / ({var}) on the finest MLMC level L, C_L: {s.get('mc_cost')} "
-             "(Giles' convention; with his C_L, fine + coarse path, the savings are "
-             + ", ".join(f"{v:.1f}" for v in res.complexity.savings_giles) + ")"]
-    if w:
-        lines.append(f"MC cost (optimal h): n = ceil(T/h*) steps, c h*^alpha = {_bias_target(theta)}, from "
-                     f"|E[P_h] - P| ~ c h^alpha with alpha = {w['alpha']:.3f} ({w['alpha_source']}), "
-                     f"c = {_g(w['c'], '.4g')} (fitted to |E Y_l| = c h_l^alpha (M^alpha - 1) over levels "
-                     f"{_levels(w['c_levels'])}, h in units of T); cost V[P] C_0 n^gamma / ({var}) with "
-                     f"V[P] = {w['var_P']:.4g} (level {s['L']}), C_0 = {w['C0']:g}, gamma = {w['gamma']:.3f} "
-                     f"({w['gamma_source']})")
-    return lines
-
-
-def _beta_eq_gamma(res: MLMCTestResult) -> bool:
-    b = res.settings.get("beta") or res.rates.get("beta", math.nan)
-    g = res.settings.get("gamma") or res.rates.get("gamma", math.nan)
-    return bool(abs(b - g) < 0.2)
-
-
-def _seed002_caption(res: MLMCTestResult) -> tuple[str, str]:
-    """(title, explanation) of the seed-002 table."""
-    s, info = res.settings, res.seed002_info
-    title = f"Seed 002: plain MC with {s['mse_paths']} paths on h = T/{s['M']}^l, MSE = V/N + bias^2"
-    p = s.get("weak_order", 1.0)
-    est = f"bias est = M^p/(M^p-1) |E[P_h - P_(h/M)]| from the coupled levels (p = {p:g})"
-    method = info.get("bias_exact")
-    if method == SEED002_SAME_PATH:
-        text = (f"{est}; bias = E[P_h - P_exact] on the same Brownian path (exact solution "
-                f"S0 exp((r - q - sigma^2/2) T + sigma W_T)), {info.get('exact_paths')} paths per level, "
-                "+- its se; "
-                "ratio = bias(M h) / bias(h) where both exceed 3 se")
-    elif method == SEED002_INDEPENDENT:
-        text = (f"{est}; bias = E[P_h] - exact value from the convergence test's {info.get('exact_paths')} "
-                "independent samples, +- se = sqrt(V[P_h]/N): this model has no exact path solution, so the se "
-                "swamps the bias beyond the coarsest levels")
-    else:
-        text = f"{est}; no exact value and no exact path solution: estimated bias only"
-    return title, text
-
-
-def _seed002_footer(res: MLMCTestResult) -> str | None:
-    info = res.seed002_info
-    if info.get("bias_exact") is None or "alpha_exact" not in info:
-        return None
-    sd = res.seed002
-    sig = info.get("significant_levels", [])
-    ratio = ", ".join(_g(v, ".2f") for l, v in zip(sd.l, sd.bias_est_over_exact) if l in sig)
-    lv = info["alpha_exact_levels"]
-    fit = (f"exact bias ~ h^p: p = {_g(info['alpha_exact'], '.3f')} fitted over levels {_levels(lv)}"
-           if len(lv) >= 2 else f"exact bias ~ h^p: too few levels l >= 1 ({_levels(lv)}) to fit p")
-    return (f"{fit} (|bias| > 3 se); bias est / |bias| on levels {_levels(sig)} (|bias| > 3 se): "
-            f"{ratio or '-'}")
-
-
-def report_text(res: MLMCTestResult) -> str:
-    """The report as plain text, laid out like Giles' ``mlmc_test`` output."""
-    s = res.settings
-    out = []
-    star = "*" * 66
-    out += [star, "*** MLMC test (pricebench, after Giles' mlmc_test)", star]
-    for k, v in s.items():
-        out.append(f"  {k} = {v}")
-    out += ["", star, f"*** Convergence tests, kurtosis, telescoping sum check (N = {s['N']})", star, ""]
-    out.append(" l   ave(Pf-Pc)    ave(Pf)    var(Pf-Pc)   var(Pf)    kurtosis    check      cost")
-    out.append("-" * 86)
-    for r in res.convergence.itertuples():
-        out.append(f"{r.l:2d}  {r.mean_dP:11.4e} {r.mean_P:11.4e}  {r.var_dP:.3e}  {r.var_P:.3e}  "
-                   f"{r.kurtosis:9.2e}  {r.check:.2e}  {r.cost:.3e}")
-    q = res.rates
-    out += ["", star, "*** Linear regression estimates of MLMC parameters (levels 1..L)", star, "",
-            f" alpha = {q['alpha']:.4f}  (weak convergence |E Y_l| ~ h^alpha; {q['alpha_log2']:.4f} per level in log2)",
-            f" beta  = {q['beta']:.4f}  (variance V[Y_l] ~ h^beta; {q['beta_log2']:.4f} per level in log2)",
-            f" gamma = {q['gamma']:.4f}  (cost C_l ~ h^-gamma; {q['gamma_log2']:.4f} per level in log2)"]
-    given = [f"{k} = {s[k]:g}" for k in ("alpha", "beta", "gamma") if s.get(k) is not None]
-    if given:
-        out.append(" given (used by the complexity tests): " + ", ".join(given))
-    out += ["", star, "*** MLMC complexity tests (costs in path steps)", star, ""]
-    comp = res.complexity
-    nl_cols = [c for c in comp.columns if c.startswith("N_")]
-    head = "   eps       value     mlmc_cost   L"
-    if "rms_error" in comp:
-        head += "   rms_err"
-    out.append(head + "   N_l")
-    out.append("-" * (len(head) + 40))
-    for r in comp.to_dict("records"):
-        line = f"{r['eps']:.3e} {r['value']:11.4e}  {r['mlmc_cost']:.3e} {r['L']:2d}"
-        if "rms_error" in r:
-            line += f"  {r['rms_error']:.2e}"
-        line += "  " + " ".join(f"{int(r[c]):9d}" for c in nl_cols if r[c] > 0)
-        out.append(line)
-    out += ["", "   eps      mlmc_cost   MC cost (level L)  savings   MC cost (optimal h)  n = T/h*  savings",
-            "-" * 92]
-    for r in comp.to_dict("records"):
-        out.append(f"{r['eps']:.3e}  {r['mlmc_cost']:.3e}  {r['mc_cost']:17.3e}  {r['savings']:7.2f}   "
-                   f"{_g(r['mc_cost_opt'], '.3e'):>19}  {r['n_opt']:8d}  {_g(r['savings_opt'], '.2f'):>7}")
-    out += [""] + [" " + line for line in _slope_lines(res)] + [""]
-    title, text = _seed002_caption(res)
-    out += [star, f"*** {title}", star, "", " " + text, ""]
-    sd = res.seed002
-    exact = "bias_exact" in sd
-    ratio = "bias_ratio" in sd
-    head = " l      h       E[P_h]      V/N        bias_est   mse_est"
-    if exact:
-        head += "     bias_exact (+- se)  " + ("   ratio " if ratio else "") + "   mse_exact"
-    out.append(head)
-    out.append("-" * len(head))
-    for r in sd.to_dict("records"):
-        line = (f"{r['l']:2d}  {r['h']:.3e}  {r['mean_P']:.5e}  {r['var_over_paths']:.3e}  {r['bias_est']:.3e}  "
-                f"{r['mse_est']:.3e}")
-        if exact:
-            line += (f"  {r['bias_exact']:+.3e} ({r['bias_exact_stderr']:.1e})  "
-                     + (f"{_g(r['bias_ratio'], '.2f'):>6}  " if ratio else "") + f"{r['mse_exact']:.3e}")
-        out.append(line)
-    foot = _seed002_footer(res)
-    if foot:
-        out += ["", " " + foot]
-    if res.warnings:
-        out += ["", "WARNINGS:"] + [f" - {w}" for w in res.warnings]
-    out += ["", "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items()), ""]
-    return "\n".join(out)
-
-
-def render(res: MLMCTestResult, console=None) -> None:
-    """Print the report as rich tables (laid out to fit 80 columns)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    s = res.settings
-
-    def table(title, cols, caption=None):
-        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, caption=caption,
-                  caption_justify="left")
-        for col in cols:
-            t.add_column(col, justify="right", no_wrap=True)
-        return t
-
-    t = table(f"MLMC convergence test: N = {s['N']} per level, M = {s['M']}",
-              ("l", "ave(Pf-Pc)", "ave(Pf)", "var(Pf-Pc)", "var(Pf)", "kurt", "check", "cost", "time"))
-    for r in res.convergence.itertuples():
-        t.add_row(str(r.l), _g(r.mean_dP, ".3e"), _g(r.mean_P, ".5g"), _g(r.var_dP, ".2e"), _g(r.var_P, ".4g"),
-                  _g(r.kurtosis, ".1f"), _g(r.check, ".2f"), _g(r.cost, ".4g"), f"{r.time_s:.2f}s")
-    console.print(t)
-    q = res.rates
-    given = [f"{k} = {s[k]:g}" for k in ("alpha", "beta", "gamma") if s.get(k) is not None]
-    console.print(f"alpha = {q['alpha']:.3f}, beta = {q['beta']:.3f}, gamma = {q['gamma']:.3f} in h units "
-                  f"(levels 1..L); per level in log2: {q['alpha_log2']:.3f}, {q['beta_log2']:.3f}, "
-                  f"{q['gamma_log2']:.3f}" + (f"; given: {', '.join(given)}" if given else ""), highlight=False)
-    comp = res.complexity
-    has_err = "rms_error" in comp
-    runs = s.get("repeats", 1)
-    cols = ["eps", "value", "MLMC cost", "L"]
-    if has_err:
-        cols += ["rms err" if runs > 1 else "error", "/eps"]
-    t = table("MLMC complexity test" + (f" ({runs} runs per eps)" if runs > 1 else ""), cols + ["time"])
-    for r in comp.to_dict("records"):
-        cells = [f"{r['eps']:g}", _g(r["value"], ".6g"), _g(r["mlmc_cost"], ".2e"), str(r["L"])]
-        if has_err:
-            cells += [_g(r["rms_error"], ".2e"), _g(r["rms_over_eps"], ".2f")]
-        t.add_row(*cells, f"{r['time_s']:.2f}s")
-    console.print(t)
-    t = table("Plain MC for the same eps: cost in path steps, savings = MC cost / MLMC cost, n = steps at h*",
-              ["eps", "MC cost (level L)", "savings", "MC cost (optimal h)", "n", "savings"])
-    for r in comp.to_dict("records"):
-        t.add_row(f"{r['eps']:g}", _g(r["mc_cost"], ".2e"), _g(r["savings"], ".1f"),
-                  _g(r["mc_cost_opt"], ".2e"), str(r["n_opt"]) if r["n_opt"] > 0 else "-",
-                  _g(r["savings_opt"], ".1f"))
-    console.print(t)
-    for line in _slope_lines(res):
-        console.print(line, highlight=False)
-    nl_cols = [c for c in comp.columns if c.startswith("N_")]
-    t = table("N_l: samples per level" + (" (mean over runs)" if runs > 1 else ""),
-              ["eps"] + [c.split("_")[1] for c in nl_cols])
-    for r in comp.to_dict("records"):
-        t.add_row(f"{r['eps']:g}", *(str(int(r[c])) if r[c] > 0 else "" for c in nl_cols))
-    console.print(t)
-    sd = res.seed002
-    exact = "bias_exact" in sd
-    ratio = "bias_ratio" in sd
-    cols = ["l", "V/N", "bias est", "MSE est"]  # E[P_h] is ave(Pf) of the convergence table
-    if exact:
-        cols += ["bias", "± se"] + (["ratio"] if ratio else []) + ["MSE"]
-    title, text = _seed002_caption(res)
-    t = table(title, cols, caption=text)
-    for r in sd.to_dict("records"):
-        cells = [str(r["l"]), _g(r["var_over_paths"], ".2e"),
-                 _g(r["bias_est"], ".2e"), _g(r["mse_est"], ".2e")]
-        if exact:
-            cells += [_g(r["bias_exact"], "+.2e"), _g(r["bias_exact_stderr"], ".1e")]
-            cells += [_g(r["bias_ratio"], ".2f")] if ratio else []
-            cells += [_g(r["mse_exact"], ".2e")]
-        t.add_row(*cells)
-    console.print(t)
-    foot = _seed002_footer(res)
-    if foot:
-        console.print(foot, highlight=False)
-    for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
-
-
-def _atomic_savefig(fig, path: Path) -> None:
-    from bench.report import save_figure
-
-    save_figure(fig, path)
-
-
-def _figure(size):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=size, layout="constrained")
-
-
-def _title(res: MLMCTestResult) -> str:
-    s = res.settings
-    parts = [str(s[k]) for k in ("model", "product", "scheme") if s.get(k)]
-    return " · ".join(parts + [f"M = {s['M']}"])
-
-
-def plot_cost(res: MLMCTestResult, path: Path) -> None:
-    """Log-log cost against eps for MLMC and plain MC, both plain-MC costs (on the
-    finest MLMC level L, and at the optimal h; fitted slopes in the legend), with
-    eps^2 x cost beside it (flat means O(eps^-2))."""
-    comp = res.complexity
-    fig = _figure((10.0, 4.2))
-    ax, bx = fig.subplots(1, 2)
-    e = comp.eps.to_numpy()
-    sl = res.cost_slopes
-    ax.loglog(e, comp.mc_cost, "s--", label=f"MC cost (level L) (slope {sl['mc']:.2f})")
-    if "mc_cost_opt" in comp:
-        ax.loglog(e, comp.mc_cost_opt, "^:", label=f"MC cost (optimal h) (slope {sl.get('mc_opt', math.nan):.2f}, "
-                                                   f"theory {sl.get('mc_opt_theory', math.nan):.2f})")
-    ax.loglog(e, comp.mlmc_cost, "o-", label=f"MLMC (slope {sl['mlmc']:.2f})")
-    ax.set_xlabel("eps (target RMS error)")
-    ax.set_ylabel("cost (path steps)")
-    ax.set_title(f"cost against accuracy: {_title(res)}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    bx.loglog(e, comp.mc_cost * e ** 2, "s--", label="MC cost (level L)")
-    if "mc_cost_opt" in comp:
-        bx.loglog(e, comp.mc_cost_opt * e ** 2, "^:", label="MC cost (optimal h)")
-    bx.loglog(e, comp.mlmc_cost * e ** 2, "o-", label="MLMC")
-    bx.set_xlabel("eps")
-    bx.set_ylabel("eps^2 x cost")
-    bx.grid(True, which="both", alpha=0.3)
-    bx.legend(fontsize=8)
-    _atomic_savefig(fig, path)
-
-
-def plot_levels(res: MLMCTestResult, path: Path) -> None:
-    """Giles' convergence panels: log_M variance and |mean| per level, and N_l per eps."""
-    conv = res.convergence
-    M = res.settings["M"]
-    fig = _figure((12.0, 3.8))
-    ax, bx, cx = fig.subplots(1, 3)
-    lm = math.log(M)
-    with np.errstate(divide="ignore"):
-        ax.plot(conv.l, np.log(conv.var_P) / lm, "s--", label="P_l")
-        ax.plot(conv.l[1:], np.log(conv.var_dP[1:]) / lm, "o-", label="P_l - P_{l-1}")
-        bx.plot(conv.l, np.log(np.abs(conv.mean_P)) / lm, "s--", label="P_l")
-        bx.plot(conv.l[1:], np.log(np.abs(conv.mean_dP[1:])) / lm, "o-", label="P_l - P_{l-1}")
-    q = res.rates
-    ax.set_title(f"variance (beta = {q['beta']:.2f})", fontsize=9)
-    bx.set_title(f"mean (alpha = {q['alpha']:.2f})", fontsize=9)
-    for x, lab in ((ax, f"log_{M} variance"), (bx, f"log_{M} |mean|")):
-        x.set_xlabel("level l")
-        x.set_ylabel(lab)
-        x.grid(True, alpha=0.3)
-        x.legend(fontsize=8)
-    comp = res.complexity
-    for r in comp.to_dict("records"):
-        n = [r[c] for c in comp.columns if c.startswith("N_") and r[c] > 0]
-        cx.semilogy(range(len(n)), n, "o-", label=f"eps = {r['eps']:g}")
-    cx.set_xlabel("level l")
-    cx.set_ylabel("N_l")
-    cx.set_title(_title(res), fontsize=9)
-    cx.grid(True, which="both", alpha=0.3)
-    cx.legend(fontsize=7)
-    _atomic_savefig(fig, path)
-
-
-CONVERGENCE_CSV = "convergence.csv"
-COMPLEXITY_CSV = "complexity.csv"
-SEED002_CSV = "seed002_mse.csv"
-REPORT_TXT = "report.txt"
-SUMMARY_JSON = "summary.json"
-COST_PNG = "cost_vs_eps.png"
-LEVELS_PNG = "levels.png"
-
-
-def write_report(res: MLMCTestResult, out_dir: str | Path) -> list[Path]:
-    """Write the CSVs, the text report, a JSON summary and the two plots into
-    ``out_dir``, each atomically; returns the paths."""
-    from bench import report
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, frame in ((CONVERGENCE_CSV, res.convergence), (COMPLEXITY_CSV, res.complexity),
-                        (SEED002_CSV, res.seed002)):
-        report._atomic_write(out / name, lambda fh, f=frame: f.to_csv(fh, index=False, float_format="%.9g"))
-        paths.append(out / name)
-    report._atomic_write(out / REPORT_TXT, lambda fh: fh.write(report_text(res)))
-    paths.append(out / REPORT_TXT)
-    report.write_json(out / SUMMARY_JSON, {"settings": res.settings, "rates": res.rates,
-                                           "cost_slopes": res.cost_slopes, "mc_optimal_h": res.mc_optimal,
-                                           "seed002": res.seed002_info, "warnings": res.warnings,
-                                           "timings": res.timings})
-    paths.append(out / SUMMARY_JSON)
-    plot_cost(res, out / COST_PNG)
-    plot_levels(res, out / LEVELS_PNG)
-    paths += [out / COST_PNG, out / LEVELS_PNG]
-    return paths
