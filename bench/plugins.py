@@ -361,7 +361,8 @@ def load(
                     wants = ("register" in impl.argnames) or ("register" in impl.kwargnames)
                     impl.function(**({"register": register} if wants else {}))
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - report once, keep the others
-            info.error = f"{_describe(exc)} in a hook"
+            info.error = (f"called sys.exit({exc.code!r}) in a hook" if isinstance(exc, SystemExit)
+                          else f"{type(exc).__name__} in a hook: {exc}")
             pm.unregister(obj)
         else:
             registry._admit(info, staged)

@@ -360,7 +360,7 @@ class ParseContext:
 def _check_name(value: Any, path: str, task: str | None, key: str) -> None:
     if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or len(value) > MAX_NAME:
         raise SuiteError(path, f"must be 1 to {MAX_NAME} letters, digits, '_', '-' and '.', not starting with "
-                         "'.' or '-' (it names files)", task, key)
+                         "'.' or '-' (it names a results folder and files)", task, key)
 
 
 def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry, defaults) -> Task:

@@ -23,6 +23,8 @@ from bench import cli, hookimpl, hookspecs
 from bench import plugins as host
 from bench import runner, suite
 from bench.methods import Approximator, IVResult, Metric, Model, Param, Pricer, RootFinder, Setting
+from bench.commands import Command
+from bench.kinds import TaskKind
 from bench.plugins import ENV_VAR, PluginError, PluginLoadWarning, load
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
@@ -118,7 +120,7 @@ def test_builtins_load_through_entry_points():
     registry, caught = quiet_load()
     assert not caught
     info = by_name(registry)
-    assert set(info) == {"closed_form", "black_scholes", "metrics"}
+    assert set(info) == {"closed_form", "black_scholes", "metrics", "kinds"}
     version = metadata.version("pricebench")
     for p in info.values():
         assert p.ok and p.version == version and p.source == "entry point: pricebench"
@@ -427,12 +429,22 @@ class MetaApproximator(Approximator):
     name = "meta_approximator"
 
 
+class MetaKind(TaskKind):
+    name = "meta_kind"
+
+
+class MetaCommand(Command):
+    name = "meta-command"
+
+
 THROUGH = {
     "register_models": MetaModel,
     "register_pricers": pricer("meta_pricer"),
     "register_root_finders": MetaFinder,
     "register_approximators": MetaApproximator,
     "register_metrics": MetaMetric,
+    "register_task_kinds": MetaKind,
+    "register_commands": MetaCommand,
 }
 
 
