@@ -352,3 +352,34 @@ def test_busy_machine_note_and_pinned_threads(tmp_path):
     assert row["busy"] is True and "busy machine" in row["message"] and row["others_cpu"] > 0.5
     (calm,) = runner.run(s, registry, out_dir=None).rows
     assert calm["threads"] == 1 and calm["load_1m"] >= 0 and calm["cpu_share"] > 0
+
+
+def test_ctrl_c_says_exactly_what_was_saved(tmp_path, plugin_dir):
+    path = toml_suite(tmp_path / "s.toml", ['{ name = "sleepy" }', "closed_form"], tasks=4, timeout=30.0)
+    out = tmp_path / "out"
+    proc = _run_cli(["run", str(path), "--out", str(out), "--plugins-dir", str(plugin_dir)],
+                    env={"PRICEBENCH_PLUGINS": ONLY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    rows_file = None
+    while time.monotonic() < deadline:
+        found = list(out.glob(f"tiny/*/{ROWS_NAME}"))
+        if found and len(read_jsonl(found[0])) >= 2:
+            rows_file = found[0]
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert rows_file is not None and proc.returncode == 130
+    saved = len(read_jsonl(rows_file))
+    assert f"{saved} of 8 cells are saved in {rows_file.parent}" in " ".join(err.split())
+    assert "--resume" in err
+    meta = json.loads((rows_file.parent / report.JSON_NAME).read_text())
+    assert meta["status"] == "interrupted" and len(pd.read_csv(rows_file.parent / report.CSV_NAME)) == saved
+
+
+def test_show_reads_schema_1_runs(capsys):
+    folder = Path(__file__).parent / "data" / "schema1_run"
+    assert json.loads((folder / report.JSON_NAME).read_text())["schema_version"] == 1
+    assert cli.main(["show", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "secant" in out and "bs_european_call" in out and "did not finish" not in out
