@@ -273,3 +273,15 @@ def test_pip_install_for_real(tmp_path):
     assert rows["example"]["version"] == VERSION and rows["example"]["source"] == f"entry point: {DIST}"
     assert rows["example"]["registers"] == ["pricer:gauss_hermite", "root_finder:halley"]
     assert rows["example"]["error"] is None
+
+
+# --------------------------------------------------------------------------- conformance kit
+
+
+def test_example_methods_pass_the_conformance_kit(registry):
+    """What examples/pricebench-example/README.md tells plugin authors to run: bench.testing."""
+    from bench.testing import check_pricer, check_root_finder
+
+    check_pricer(registry.get("pricer", "gauss_hermite"), settings={"nodes": 32, "chunk": 5},
+                 settings_grid=[{"nodes": 2}, {"nodes": 128, "chunk": 1}])
+    check_root_finder(registry.get("root_finder", "halley"), settings_grid=[{"maxiter": 1}, {"sigma0": 3.0}])
