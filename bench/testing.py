@@ -26,7 +26,9 @@ method (``check_picklable failed for pricer 'mc': ...``). The checks:
 - ``check_cross_settings_in_init``: settings that ``__init__`` (and, for a
   pricer, ``check_task``) accepted do not raise at run time: the given
   settings and each entry of ``settings_grid`` run on a small valid batch of
-  every (model, product) the method supports.
+  every (model, product) the method supports. ``check_task`` may refuse
+  settings a model cannot use, but settings it refuses for every (model,
+  product) are a combination ``__init__`` should have refused.
 - ``check_picklable``: the class, a constructed instance and a prepared one
   survive plain ``pickle``, and give the same result after the round trip
   (so a cell can run on a worker process).
@@ -44,7 +46,8 @@ method (``check_picklable failed for pricer 'mc': ...``). The checks:
   or large, far in and out of the money) does not raise; what comes back is
   finite or NaN (never inf), a ``PriceResult.reason`` is given for each NaN
   and only for them; an ``IVResult`` is consistent (converged exactly where
-  the status says so, NaN exactly where not converged).
+  the status says so, NaN exactly where not converged) and well-posed
+  near-the-money options converge.
 - ``check_no_arbitrage_bounds``: prices returned are within the no-arbitrage
   bounds of their product (European and American calls and puts, bonds);
   a root finder given prices outside the bounds returns NaN, converged False
@@ -52,7 +55,8 @@ method (``check_picklable failed for pricer 'mc': ...``). The checks:
   the given price.
 - ``check_reproducible``: a method with a ``seed`` setting gives identical
   output for the same seed and different output for another; every method
-  gives identical output from two instances and from two ``price`` calls.
+  gives identical output from two instances and from two ``price``/``solve``
+  calls on the same prepared inputs (the runner repeats them to time).
 
 Options (keywords of every check and of ``check_pricer`` /
 ``check_root_finder``):
@@ -78,7 +82,8 @@ Options (keywords of every check and of ``check_pricer`` /
 Adding a kind (``check_approximator``): write a driver like
 :class:`_PricerDriver` (its cases, batches, run and output fields), register
 it in ``_DRIVERS``, and list the checks that apply in a new
-``APPROXIMATOR_CHECKS``; the generic checks take any driver.
+``APPROXIMATOR_CHECKS`` registered in ``CHECKS``; the generic checks take
+any driver.
 """
 
 from __future__ import annotations

@@ -52,16 +52,17 @@ OPTIONS = {
 
 
 def _builtins():
+    """Every pricer and root finder the built-in plugins (this distribution's entry points) register."""
     registry = get_registry()
-    return ([registry.get("pricer", n) for n in BUILTIN_PRICERS if n in registry.names("pricer")]
-            + [registry.get("root_finder", n) for n in BUILTIN_ROOT_FINDERS if n in registry.names("root_finder")])
+    ours = {p.name for p in registry.plugins if p.source == "entry point: pricebench"}
+    return [registry.get(kind, name) for kind in ("pricer", "root_finder") for name in registry.names(kind)
+            if registry.entry(kind, name).plugin in ours]
 
 
 def test_every_builtin_is_checked():
-    registry = get_registry()
-    assert set(registry.names("pricer")) >= set(BUILTIN_PRICERS)
-    assert set(registry.names("root_finder")) >= set(BUILTIN_ROOT_FINDERS)
-    assert set(OPTIONS) <= set(BUILTIN_PRICERS + BUILTIN_ROOT_FINDERS)
+    names = {cls.name for cls in _builtins()}
+    assert names >= set(BUILTIN_PRICERS + BUILTIN_ROOT_FINDERS)
+    assert set(OPTIONS) <= names
 
 
 @pytest.mark.filterwarnings("ignore:MLMC")  # points over mlmc's work budget are NaN, with a warning
