@@ -39,9 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.plugins import Registry
     from bench.suite import MethodSpec, Task
 
-STATUSES = ("ok", "failed", "error", "timeout", "crashed", "skipped")
-
-
 def settings_json(settings: Mapping[str, Any]) -> str:
     return json.dumps(dict(settings), sort_keys=True)
 
@@ -78,9 +75,11 @@ class CellSpec:
 
     @classmethod
     def create(cls, *, suite: str, run_id: str, task: "Task", spec: "MethodSpec", device: str, version: str,
-               plugin: str, method_seed: int, seed_entropy: str, threads: int,
+               plugin: str, method_seed: int, seed_entropy: str, threads: int, resolved: Mapping[str, Any],
                save_outputs: bool = False) -> "CellSpec":
-        key = cell_key(task, seed_entropy, spec.name, version, spec.settings, device)
+        """``resolved``: every setting with its default filled in, so ``cos`` and ``cos`` with its
+        default ``N`` given are one experiment (one key)."""
+        key = cell_key(task, seed_entropy, spec.name, version, resolved, device)
         return cls(suite, run_id, task, spec.name, spec.kind, version, plugin, dict(spec.settings), spec.label,
                    device, method_seed, seed_entropy, threads, key, save_outputs)
 

@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]{exc.message}[/]", highlight=False)
         return 130
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/] before any cell ran: nothing was saved")
+        err.print("[red]interrupted[/] before the run's folder existed: no cell was saved")
         return 130
     finally:
         _preloaded.clear()

@@ -127,6 +127,14 @@ def thread_env(n: int) -> dict[str, str]:
     return {var: str(n) for var in THREAD_VARS}
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _busy_cpu_seconds() -> float:
     import psutil
 
@@ -178,7 +186,8 @@ class LoadMonitor:
     def __exit__(self, *exc) -> None:
         wall = max(time.perf_counter() - self._wall, 1e-9)
         own = _own_cpu_seconds() - self._own
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
+        free = max(cpus - self.threads, 0)  # CPUs the cell leaves to others (none when oversubscribed)
         values: dict[str, float | bool] = {"cpu_share": own / wall}
         try:
             values["load_1m"] = os.getloadavg()[0]
@@ -187,11 +196,11 @@ class LoadMonitor:
         if self._busy is not None and wall >= self.MIN_WINDOW_S:
             others = max((_busy_cpu_seconds() - self._busy - own) / wall, 0.0)
             values["others_cpu"] = others
-            values["busy"] = bool(others > cpus - self.threads + 0.25)
+            values["busy"] = bool(others > free + 0.25)
         elif self._runnable == self._runnable:  # a short window: runnable threads at its two ends
             others = min(max(self._runnable, _runnable_others()), float(cpus))
             values["others_cpu"] = others
-            values["busy"] = bool(others > cpus - self.threads + 0.25)
+            values["busy"] = bool(others > free + 0.25)
         else:
             values["others_cpu"] = float("nan")
             values["busy"] = bool(values["load_1m"] > cpus + 0.5)
@@ -201,7 +210,7 @@ class LoadMonitor:
         """A note for the row's message when the cell was timed on a busy machine, else ''."""
         if not self.values.get("busy"):
             return ""
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         return (f"busy machine: other processes kept {self.values['others_cpu']:.1f} of {cpus} CPUs busy while "
                 f"this cell ({self.threads} thread{'s' if self.threads > 1 else ''}) was timed; "
                 f"load {self.values['load_1m']:.1f}")

@@ -14,7 +14,6 @@ The built-in kinds, ``price`` and ``implied_vol``, live in
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
@@ -176,6 +175,3 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     out = fn()
     return out, time.perf_counter() - t0
 
-
-def nan_to_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

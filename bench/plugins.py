@@ -132,9 +132,11 @@ class PluginSource:
 
         self.check_portable()
         extra = [(name, pickle.loads(blob)) for name, blob, _ in self.objects]
-        folder = None
-        if self.files:
-            folder = tempfile.mkdtemp(prefix="pricebench-plugins-")
+        with tempfile.TemporaryDirectory(prefix="pricebench-plugins-") as tmp:  # modules live on in memory
+            return self._load_from(tmp if self.files else None, extra)
+
+    def _load_from(self, folder: str | None, extra) -> "Registry":
+        if folder is not None:
             for filename, text in self.files:
                 # a description may come from elsewhere: each name must stay one file in this folder
                 if Path(filename).name != filename or filename in ("", ".", ".."):
@@ -231,6 +233,8 @@ def _check_registered(kind: str, obj: Any) -> type:
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise TypeError(f"register_{kind}s expects a subclass of {base.__name__}, got {obj!r}")
     name = getattr(obj, "name", "")
+    if kind == "task_kind":
+        _check_task_kind(obj)
     if kind == "command":
         if not isinstance(name, str) or not _COMMAND_NAME.fullmatch(name):
             raise TypeError(f"{obj.__name__}.name must be a command name (lower-case letters, digits, '-', '_'), "
@@ -243,6 +247,21 @@ def _check_registered(kind: str, obj: Any) -> type:
         raise TypeError(f"{obj.__name__}: setting name {clash[0]!r} shadows a method attribute or an argument "
                         "of bench.price / bench.implied_vol")
     return obj
+
+
+def _check_task_kind(cls: type) -> None:
+    from bench.kinds import TIMING_POLICIES
+    from bench.suite import TASK_KEYS
+
+    if cls.timing not in TIMING_POLICIES:
+        raise TypeError(f"{cls.__name__}.timing must be one of {', '.join(TIMING_POLICIES)}, got {cls.timing!r}")
+    unknown = [k for k in cls.method_kinds if k not in ("pricer", "root_finder", "approximator")]
+    if not cls.method_kinds or unknown:
+        raise TypeError(f"{cls.__name__}.method_kinds must name pricer, root_finder or approximator, "
+                        f"got {cls.method_kinds!r}")
+    taken = sorted(set(cls.keys) & set(TASK_KEYS))
+    if taken:
+        raise TypeError(f"{cls.__name__}.keys redefines the common task key {taken[0]!r}")
 
 
 def _canonical(name: str) -> str:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
+import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +39,11 @@ __all__ = ["Runner", "RunResult", "RunInterrupted", "run", "task_seed", "method_
 
 DEVICE_CHOICES = ("default", "cpu", "cuda", "all")
 DEFAULT_THREADS = 1
+TABLE_INTERVAL_S = 2.0
+
+
+def seeds_text(seeds: Seeds) -> str:
+    return f"{seeds.sequence.entropy}:{tuple(seeds.sequence.spawn_key)}"
 
 
 def method_seed(seq: np.random.SeedSequence, role: int = 0) -> int:
@@ -67,7 +74,8 @@ def task_seed(base: int, task: Task, override: int | None) -> np.random.SeedSequ
 
 def suite_hash(suite: Suite) -> str:
     """A hash of what the suite's tasks define (resume checks it is the same suite)."""
-    blob = json.dumps([[t.name, t.definition(), t.seed] for t in suite.tasks], sort_keys=True, default=str)
+    blob = json.dumps([[t.name, t.definition(), t.seed, [[m.name, dict(m.settings), list(m.devices)] for m in t.methods],
+                        t.baseline, t.baseline_settings] for t in suite.tasks], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -98,16 +106,22 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def speedups(rows: list[dict[str, Any]], task: Task) -> None:
-    """Speed-up of each row against the task's baseline measured on the same host (CPU)."""
+    """Speed-up of each row against the task's baseline measured on the same host (CPU).
+
+    The baseline configuration is the one the suite names, else the baseline method's first
+    configuration in the task's order: never whichever cell happened to finish first."""
     if task.baseline is None:
         return
-    wanted = None if task.baseline_settings is None else json.dumps(task.baseline_settings, sort_keys=True)
+    settings = task.baseline_settings
+    if settings is None:
+        settings = next(dict(m.settings) for m in task.methods if m.name == task.baseline)
+    wanted = json.dumps(settings, sort_keys=True)
     bases = {}
     for r in rows:
-        if (r["method"] == task.baseline and r["device"] == "cpu" and (wanted is None or r["settings"] == wanted)
-                and r["status"] in ("ok", "failed") and r.get("latency_median_s") == r.get("latency_median_s")
-                and r.get("latency_median_s")):
-            bases.setdefault(r.get("host", ""), r)
+        median = r.get("latency_median_s")
+        if (r["method"] == task.baseline and r["device"] == "cpu" and r["settings"] == wanted
+                and r["status"] in ("ok", "failed") and median and median == median):
+            bases[r.get("host", "")] = r
     for row in rows:
         row["baseline"] = task.baseline
         base = bases.get(row.get("host", ""))
@@ -190,14 +204,15 @@ class Runner:
         for task, cells in self.plan(suite):
             seq = task_seed(suite.seed, task, self.seed)
             seeds = Seeds(seq, method_seed(seq), method_seed(seq, role=1))
-            entropy = f"{seq.entropy}:{tuple(seq.spawn_key)}"
+            entropy = seeds_text(seeds)
             specs = []
             for spec, device in cells:
                 entry = self.registry.entry(spec.kind, spec.name)
                 specs.append(CellSpec.create(
                     suite=suite.name, run_id=run_id, task=task, spec=spec, device=device, version=entry.cls.version,
                     plugin=entry.plugin, method_seed=seeds.method, seed_entropy=entropy,
-                    threads=self.threads_for(suite), save_outputs=self.save_outputs))
+                    threads=self.threads_for(suite), resolved=entry.cls.resolve_settings(spec.settings),
+                    save_outputs=self.save_outputs))
             out.append((task, seeds, specs))
         return out
 
@@ -218,10 +233,25 @@ class Runner:
         if not plan:
             raise ValueError("no task and method match the --task/--method filters")
         resumed = self._check_resume(suite)
-        # the executor starts before anything is written: a scheduler it cannot reach writes nothing
-        with executors.create(self.executor, self.registry, threads=self.threads_for(suite),
-                              **self.executor_options) as executor:
-            return self._run(suite, executor, resumed)
+        self._progress: tuple[RunResult, int, RunStore | None] | None = None
+        try:
+            # the executor starts before anything is written: a scheduler it cannot reach writes nothing
+            with executors.create(self.executor, self.registry, threads=self.threads_for(suite),
+                                  **self.executor_options) as executor:
+                return self._run(suite, executor, resumed)
+        except KeyboardInterrupt:
+            if self._progress is None:
+                raise
+            result, planned, store = self._progress
+            if result.metadata.get("status") != "finished":
+                result.metadata["status"] = "interrupted"
+                self._save_tables(store, result, force=True)
+                self._save_meta(store, result.metadata)
+            raise RunInterrupted(result, planned) from None
+        finally:
+            for held in (resumed, self._progress[2] if self._progress else None):
+                if held is not None:
+                    held.unlock()
 
     def _run(self, suite: Suite, executor: executors.Executor, resumed: RunStore | None) -> RunResult:
         store, run_id, meta, done = self._open_store(suite, resumed)
@@ -238,27 +268,23 @@ class Runner:
             self.on_start(sum(len(specs) for _, _, specs in todo))
         remaining = {task.name: len(specs) for task, _, specs in todo}
         tasks = {task.name: task for task, _, _ in work}
-        try:
-            self._save_meta(store, meta)
-            for task, seeds, specs in todo:
-                data = self._task_data(task, seeds, specs, meta, store, result, remaining, suite)
-                if data is not None:
-                    executor.submit(data, specs)
-                    for row in executor.results(wait=False):
-                        self._finish_cell(row, store, result, remaining, tasks)
-            for row in executor.results(wait=True):
-                self._finish_cell(row, store, result, remaining, tasks)
-        except KeyboardInterrupt:
-            meta["status"] = "interrupted"
-            self._save_tables(store, result)
-            self._save_meta(store, meta)
-            raise RunInterrupted(result, planned) from None
+        self._progress = (result, planned, store)
+        meta["task_seeds"] = {task.name: seeds_text(seeds) for task, seeds, _ in work}
+        self._save_meta(store, meta)
+        for task, seeds, specs in todo:
+            data = self._task_data(task, seeds, specs, meta, store, result, remaining, suite)
+            if data is not None:
+                executor.submit(data, specs)
+                for row in executor.results(wait=False):
+                    self._finish_cell(row, store, result, remaining, tasks)
+        for row in executor.results(wait=True):
+            self._finish_cell(row, store, result, remaining, tasks)
         for task in tasks.values():
             if remaining.get(task.name, 0) == 0 and task.name in {r["task"] for r in result.rows}:
                 speedups([r for r in result.rows if r["task"] == task.name], task)
         meta["status"] = "finished"
         meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._save_tables(store, result)
+        self._save_tables(store, result, force=True)
         self._save_meta(store, meta)
         return result
 
@@ -269,13 +295,22 @@ class Runner:
         try:
             store = RunStore.open(self.resume)
             meta = store.metadata()
+            store.lock_and_repair()
         except StoreError as exc:
             raise SuiteError(self.resume, f"--resume: {exc}") from None
+        ours = {task.name: seeds_text(seeds) for task, seeds, _ in self.cell_specs(suite, meta.get("run_id", ""))}
+        theirs = meta.get("task_seeds", {})
+        changed = sorted(name for name in ours.keys() & theirs.keys() if ours[name] != theirs[name])
+        if changed:
+            store.unlock()
+            raise SuiteError(self.resume, f"--resume: task {changed[0]!r} draws from another seed than that run did "
+                             "(was --seed given to one and not the other?); resume with the same seed")
         seed = self.seed if self.seed is not None else suite.seed
         for what, theirs, ours in (("suite", meta.get("suite"), suite.name),
                                    ("seed", meta.get("seed"), seed),
                                    ("suite definition", meta.get("suite_hash"), suite_hash(suite))):
             if theirs != ours:
+                store.unlock()
                 raise SuiteError(self.resume, f"--resume: that run is of {what} {theirs!r}, this one of "
                                  f"{ours!r}; resume it with the same suite and seed")
         return store
@@ -293,6 +328,7 @@ class Runner:
             store = None
         else:
             store, run_id = RunStore.create(self.out_dir, suite.name)
+            store.lock()
         meta = {
             "schema_version": SCHEMA_VERSION,
             "run_id": run_id,
@@ -354,16 +390,23 @@ class Runner:
             if self.on_task:
                 self.on_task(task, task_rows)
             self._save_plot(store, result, task, task_rows)
-        self._save_tables(store, result)
+        self._save_tables(store, result, force=remaining[row.task] == 0)
 
     # ------------------------------------------------------------------ files
     def _save_meta(self, store: RunStore | None, meta: dict) -> None:
         if store is not None:
             store.write_metadata(meta)
 
-    def _save_tables(self, store: RunStore | None, result: RunResult) -> None:
+    def _save_tables(self, store: RunStore | None, result: RunResult, force: bool = False) -> None:
+        """Rewrite leaderboard.csv and targets.csv (derived from rows.jsonl, the record): at the end of
+        every task and at most every TABLE_INTERVAL_S seconds in between, so a run of many tiny cells
+        does not spend its time rewriting tables."""
         if store is None:
             return
+        now = time.monotonic()
+        if not force and now - getattr(self, "_tables_at", -math.inf) < TABLE_INTERVAL_S:
+            return
+        self._tables_at = now
         metrics = sorted(self.registry.names("metric"))
         report.write_csv(store.directory / report.CSV_NAME, result.rows, metrics)
         report.write_targets(store.directory / report.TARGETS_NAME, result.rows)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,7 @@ ROWS_NAME = "rows.jsonl"
 SAMPLES_NAME = "samples.jsonl"
 OUTPUTS_DIR = "outputs"
 RUN_NAME = "run.json"
+LOCK_NAME = ".lock"
 
 
 class StoreError(ValueError):
@@ -71,6 +73,37 @@ class RunStore:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ one writer at a time
+    def lock(self) -> None:
+        """Hold the run folder for this process (an advisory ``flock`` on ``.lock``): a second run or
+        resume of the same folder is refused while the first is alive; the kernel frees it at exit."""
+        import fcntl
+
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(f"{self.directory}: another pricebench process is running this run") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def repair(self) -> None:
+        """Drop a torn last line (a writer killed mid-line) so the next append starts a line of its own."""
+        for name in (ROWS_NAME, SAMPLES_NAME):
+            path = self.directory / name
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(path, "r+b") as fh:
+                    fh.truncate(data.rfind(b"\n") + 1)
 
     @classmethod
     def create(cls, out_dir: str | Path, suite: str) -> tuple["RunStore", str]:
@@ -96,6 +129,10 @@ class RunStore:
             raise StoreError(f"{directory}: a schema-{meta.get('schema_version', 1)} run; only schema-"
                              f"{SCHEMA_VERSION} runs can be resumed")
         return store
+
+    def lock_and_repair(self) -> None:
+        self.lock()
+        self.repair()
 
     # ------------------------------------------------------------------ writing
     def append(self, row: CellResult) -> None:

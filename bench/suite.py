@@ -9,6 +9,7 @@ and settings, wrong types, bad ranges. The first problem raises one
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 import tomllib
@@ -466,10 +467,19 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
     methods: list[MethodSpec] = []
     if not isinstance(td["methods"], list) or not td["methods"]:
         raise SuiteError(path, "must list at least one method", label, "methods")
+    seen_configs: dict[tuple, int] = {}
     for j, entry in enumerate(td["methods"]):
         specs = ctx.method_specs(entry, f"methods[{j}]", kind.method_kinds)
         for spec in specs:
-            kind.check_method(spec, registry.get(spec.kind, spec.name), ctx, f"methods[{j}]")
+            cls = registry.get(spec.kind, spec.name)
+            kind.check_method(spec, cls, ctx, f"methods[{j}]")
+            config = (spec.name, json.dumps(cls.resolve_settings(spec.settings), sort_keys=True, default=str))
+            for device in spec.devices:
+                if (config, device) in seen_configs:
+                    raise SuiteError(path, f"{spec.name} with settings {dict(spec.settings)} on {device} is "
+                                     f"already methods[{seen_configs[(config, device)]}]: the same experiment twice",
+                                     label, f"methods[{j}]")
+                seen_configs[(config, device)] = j
         methods.extend(specs)
 
     baseline, baseline_settings = td.get("baseline"), None

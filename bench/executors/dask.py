@@ -16,10 +16,12 @@ to every worker; plugins reach the workers as a serialisable
 process rebuilds the registry once. Rows record the host they ran on, and speed-ups
 compare cells of one host.
 
-What dask cannot do: interrupt a running cell. A worker runs cells in a thread, where
-no timer can raise; the timeout is checked between timed calls only. A cell that hangs
-holds its worker (use ``--executor process`` for hard timeouts). A worker process that
-dies is restarted by its nanny and the cell becomes a ``crashed`` row.
+Timeouts and crashes: a worker runs cells in a thread, where no timer can raise, so a
+watchdog ends the worker process when a cell outlives 1.5 x its timeout + 5 s, after
+logging the cell with the scheduler; the cell becomes a ``timeout`` row and the nanny
+restarts the worker. A worker that dies otherwise (a segfault, ``os._exit``) makes a
+``crashed`` row. Such cells are not retried on other workers (``allowed-failures`` = 0),
+so one bad cell cannot take the cluster down.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from typing import Any, Iterator, Sequence
 
 from bench import environment
@@ -39,10 +42,33 @@ RESOURCE = "cell"
 CONNECT_TIMEOUT_S = 10
 
 
+TIMEOUT_EVENT = "pricebench-timeout"
+
+
 def _run_cell(spec: CellSpec, data: TaskData, source: PluginSource) -> CellResult:
+    """On a worker: run the cell; a watchdog ends the worker process if the cell outlives its
+    timeout (a worker thread cannot be interrupted), after telling the scheduler why."""
+    import threading
+
+    from bench.executors.process import GRACE_S
     from bench.plugins import registry_from
 
-    return execute_cell(spec, data, registry_from(source), executor="dask")
+    def overdue() -> None:
+        try:
+            from distributed import get_worker
+
+            get_worker().log_event(TIMEOUT_EVENT, {"cell": spec.key, "timeout": spec.task.timeout})
+            time.sleep(1.0)  # let the event reach the scheduler
+        finally:
+            os._exit(124)
+
+    watchdog = threading.Timer(spec.task.timeout * 1.5 + GRACE_S, overdue)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return execute_cell(spec, data, registry_from(source), executor="dask")
+    finally:
+        watchdog.cancel()
 
 
 class DaskExecutor(Executor):
@@ -54,16 +80,21 @@ class DaskExecutor(Executor):
             registry.source.check_portable()
         except PluginError as exc:
             raise ExecutorError(str(exc)) from None
+        import dask
         from distributed import Client, LocalCluster
 
+        # a cell that kills its worker is not retried on the others (dask's default is 3 tries)
+        self._config = dask.config.set({"distributed.scheduler.allowed-failures": 0})
+        self._config.__enter__()
         self.source = registry.source
         self.cluster = None
         self.scheduler = scheduler
         if scheduler:
             try:
                 self.client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise ExecutorError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, a bad address or security set-up
+                raise ExecutorError(f"--scheduler {scheduler}: cannot reach the dask scheduler "
+                                    f"({type(exc).__name__}: {exc})") from None
             offered = [w for w in self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
                        if w.get("resources", {}).get(RESOURCE, 0) >= 1]
             if not offered:
@@ -84,6 +115,7 @@ class DaskExecutor(Executor):
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        self._config.__exit__(None, None, None)
 
     def submit(self, data: TaskData, specs: Sequence[CellSpec]) -> None:
         if not specs:
@@ -109,11 +141,21 @@ class DaskExecutor(Executor):
                 yield self._row(future, spec)
 
     def _row(self, future, spec: CellSpec) -> CellResult:
+        from distributed.scheduler import KilledWorker
+
         try:
             return future.result()
-        except Exception as exc:  # noqa: BLE001 - KilledWorker and the like: the worker died under the cell
+        except KilledWorker as exc:
+            timed_out = [e for _, e in self.client.get_events(TIMEOUT_EVENT) if e.get("cell") == spec.key]
+            if timed_out:
+                return CellResult.for_cell(spec, executor=self.name, status="timeout",
+                                           message=f"exceeded the {spec.task.timeout:g} s per-cell timeout; its "
+                                                   "worker process was ended")
             return CellResult.for_cell(spec, executor=self.name, status="crashed",
-                                       message=f"crashed: {type(exc).__name__}: {exc}")
+                                       message=f"crashed: the worker process died under the cell ({exc})")
+        except Exception as exc:  # noqa: BLE001 - lost data, a cancelled future: not the method's fault
+            return CellResult.for_cell(spec, executor=self.name, status="error",
+                                       message=f"dask: {type(exc).__name__}: {exc}")
 
     def describe(self) -> dict[str, Any]:
         info = self.client.scheduler_info(n_workers=-1)
