@@ -262,6 +262,21 @@ def test_supports_and_settings():
         fd("black_scholes", "zero_coupon_bond", **BS_ATM)
 
 
+@pytest.mark.parametrize("rannacher, nt", [(16, 4), (16, 7), (9, 4)])
+def test_cross_setting_errors_at_construction(rannacher, nt):
+    """The first ceil(rannacher / 2) steps are split: nt must be at least that. Checked in __init__ (where
+    suite validation constructs the method), naming the setting, not when the cell runs."""
+    from bench.methods import SettingError
+
+    with pytest.raises(SettingError, match="'rannacher'") as info:
+        FiniteDifference(rannacher=rannacher, nt=nt)
+    assert info.value.setting == "rannacher"
+    with pytest.raises(SettingError, match="'rannacher'"):
+        fd("black_scholes", "european_call", **BS_ATM, rannacher=rannacher, nt=nt)
+    # the smallest admissible nt passes
+    FiniteDifference(rannacher=rannacher, nt=(rannacher + 1) // 2)
+
+
 def test_bdf2_scheme_and_uniform_grid_also_converge():
     got = fd("black_scholes", "american_put", **BS_ATM, scheme="bdf2", stretch=0.0, nx=1200, nt=300)
     assert got == pytest.approx(6.09037, abs=2e-4)

@@ -303,6 +303,30 @@ def test_bad_settings_are_rejected():
         mc("black_scholes", "european_call", seed=-1, **ATM)
 
 
+def test_american_paths_over_the_memory_limit_fail_suite_validation():
+    """Longstaff-Schwartz records steps x paths values per option (1 GiB at most): with fixed steps that is
+    known from the settings alone, so check_task (suite validation) rejects it, naming 'paths', before
+    anything runs; European options and per-option dt (steps depend on T) are left to prepare."""
+    cls = get_registry().get("pricer", "mc")
+    big = cls(paths=3_000_000)  # x 50 default steps x 8 bytes = 1.2 GB
+    with pytest.raises(SettingError, match="'paths'") as info:
+        big.check_task("black_scholes", "american_put")
+    assert info.value.setting == "paths"
+    big.check_task("black_scholes", "european_put")
+    cls(paths=3_000_000, dt=0.02).check_task("black_scholes", "american_put")
+    cls(paths=100_000, steps=1000).check_task("merton", "american_put")  # 0.8 GB
+    with pytest.raises(SettingError, match="'paths'"):
+        cls(paths=100_000, steps=1400, antithetic=True).check_task("kou", "american_put")
+    with pytest.raises(SettingError, match="'paths'"):  # the same message at run time
+        mc("black_scholes", "american_put", paths=3_000_000, **ATM)
+
+
+def test_empty_batch_gives_an_empty_result():
+    for product in ("european_call", "american_put"):
+        res = mc("black_scholes", product, paths=64, **dict(ATM, S=np.empty(0)))
+        assert res.price.shape == (0,) and res.stderr.shape == (0,) and res.reason is None
+
+
 def test_batch_shape_and_stderr_shape():
     res = mc("black_scholes", "european_put", paths=1000, S=[[90.0, 100.0], [110.0, 120.0]], K=100.0, T=1.0, r=0.0,
              sigma=0.2)
@@ -315,6 +339,18 @@ def test_overflowing_points_are_nan_with_a_reason():
              sigma=0.2)
     assert np.isfinite(res.price[0]) and np.isnan(res.price[1])
     assert res.reason[0] == "" and "non-finite" in res.reason[1]
+
+
+def test_estimates_outside_the_no_arbitrage_bounds_are_nan_with_a_reason():
+    # eta1 = 1 + 1e-6: an up jump has E[exp(Y)] = 1e6, the compensated drift sends every simulated path to 0,
+    # and the call comes out 0 with stderr 0, where its lower bound is 100 - 90 e^{-0.03} = 12.66
+    kw = dict(S=100.0, K=90.0, T=1.0, r=0.03, q=0.0, sigma=0.2, lam=1.0, p=0.4, eta1=[1.0 + 1e-6, 10.0], eta2=5.0)
+    res = mc("kou", "european_call", paths=500, **kw)
+    assert np.isnan(res.price[0]) and np.isnan(res.stderr[0]) and "no-arbitrage" in res.reason[0]
+    assert np.isfinite(res.price[1]) and res.reason[1] == ""
+    # ordinary estimates, however few the paths, are nowhere near the slack
+    assert mc("black_scholes", "european_call", paths=16, S=[50.0, 100.0, 200.0], K=100.0, T=1.0,
+              r=0.05, sigma=0.2).reason is None
 
 
 def test_registered_with_its_capabilities():
@@ -353,6 +389,16 @@ def test_torch_on_cpu_agrees_with_numba(model, kw):
 def test_torch_unsupported_combinations(model, product, kw):
     with pytest.raises(Unsupported):
         mc(model, product, backend="torch", **kw)
+
+
+def test_a_scheme_without_a_torch_kernel_is_refused_at_construction():
+    cls = get_registry().get("pricer", "mc")
+    with pytest.raises(SettingError, match="'milstein'") as info:
+        cls(backend="torch", scheme="milstein")
+    assert info.value.setting == "scheme"
+    for scheme in ("auto", "exact", "euler", "qe"):  # each runs under some model
+        cls(backend="torch", scheme=scheme)
+    cls(backend="auto", scheme="milstein")  # numba on the CPU; on CUDA, Unsupported in prepare
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU")

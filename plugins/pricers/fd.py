@@ -720,10 +720,14 @@ class FiniteDifference(Pricer):
         "max_jump_iter": Setting(50, int, "fixed-point iterations per time step at most", min=1, max=1000),
     }
 
-    def prepare(self, model, product, params, device="cpu", array_backend=None):
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        # the first ceil(rannacher / 2) time steps are split into implicit halves: there must be as many
         if (self.rannacher + 1) // 2 > self.nt:
             raise SettingError(f"pricer 'fd': setting 'rannacher' ({self.rannacher}) needs nt >= "
                                f"{(self.rannacher + 1) // 2} ({self.nt} given)", "rannacher")
+
+    def prepare(self, model, product, params, device="cpu", array_backend=None):
         self.shape_ = np.shape(params[next(iter(params))])
         flat = {k: np.ravel(v) for k, v in params.items()}
         inputs = super().prepare(model, product, flat, device, array_backend="numpy")

@@ -89,6 +89,16 @@ over (options, paths) with ``torch.Generator(device).manual_seed(seed)``: reprod
 one device, but its numbers differ from the CPU streams (and between devices). Any other
 combination on CUDA raises :class:`~bench.methods.Unsupported` in ``prepare``.
 
+NaN points (``PriceResult.reason`` says why, "" where priced): a non-finite estimate (the
+paths overflowed), and an estimate outside the no-arbitrage bounds of its product (European
+call in [(S e^{-qT} - K e^{-rT})+, S e^{-qT}], put in [(K e^{-rT} - S e^{-qT})+, K e^{-rT}],
+American put in [max(K - S, K e^{-rT} - S e^{-qT}, 0), K]; no upper bound for sinh_lv) by more
+than ``BOUND_TOL`` (S e^{-qT} + K e^{-rT}) plus 6 standard errors: where the simulated paths
+miss the mass that carries the price, as for Kou with eta1 = 1 + 1e-6 (E[exp(Y)] = 1e6 for an up
+jump: the compensated drift sends every simulated path to 0, so a call of 0 with stderr 0,
+where its lower bound is 12.7). Ordinary estimates are never near that slack. An empty batch
+gives an empty result.
+
 Parameter layout: :mod:`._mc_paths` documents the columns of the per-model parameter
 matrices built in ``prepare``.
 
@@ -132,6 +142,9 @@ _TORCH_SCHEMES = {"black_scholes": ("exact",), "heston": ("qe", "euler")}
 _KERNEL = {"black_scholes": "euro_gbm", "heston": "euro_heston", "merton": "euro_jump", "kou": "euro_jump",
            "cev": "euro_cev", "sinh_lv": "euro_sinh", "black_karasinski": "bond_bk"}
 _NON_FINITE = "non-finite Monte Carlo estimate (the simulated paths overflowed)"
+_OUT_OF_BOUNDS = ("Monte Carlo estimate outside the no-arbitrage bounds (the simulated paths miss the mass that "
+                  "carries the price, e.g. jumps with E[exp(Y)] in the millions)")
+BOUND_TOL = 1e-2  # NaN beyond the no-arbitrage bounds by more than this times S e^{-qT} + K e^{-rT} + 6 stderr
 
 
 def _bs_price(S, K, T, r, q, sigma, theta):
@@ -173,6 +186,13 @@ class MonteCarlo(Pricer):
                            choices=("auto", "numba", "torch")),
     }
 
+    def __init__(self, **settings):
+        super().__init__(**settings)
+        torch_schemes = {x for schemes in _TORCH_SCHEMES.values() for x in schemes}
+        if self.backend == "torch" and self.scheme not in torch_schemes | {"auto"}:
+            raise SettingError(f"pricer 'mc': setting 'scheme' = {self.scheme!r} has no torch kernel (backend "
+                               f"'torch' runs {', '.join(sorted(torch_schemes))}); use backend 'numba'", "scheme")
+
     # ------------------------------------------------------------------ set-up (untimed)
     def scheme_for(self, model: str) -> str:
         """The scheme used for ``model``; ValueError naming 'scheme' if the model has no such scheme."""
@@ -187,6 +207,20 @@ class MonteCarlo(Pricer):
 
     def check_task(self, model: str, product: str) -> None:
         self.scheme_for(model)
+        if product.startswith("american") and self.dt is None:  # with dt the steps depend on T
+            self._check_recorded_paths(self.steps if self.steps > 0 else _DEFAULT_STEPS)
+
+    def _npaths(self) -> int:
+        """Paths per option: antithetic rounds up to whole pairs, and at least two of them for a standard
+        error."""
+        return max(4, self.paths + self.paths % 2) if self.antithetic else self.paths
+
+    def _check_recorded_paths(self, nmax: int) -> None:
+        """SettingError naming 'paths' if an American option's recorded paths (steps x paths) pass 1 GiB."""
+        npaths = self._npaths()
+        if nmax * npaths * 8 > _LSM_MAX_BYTES:
+            raise SettingError(f"pricer 'mc': an American option records paths x steps = {npaths} x "
+                               f"{nmax} values, over the 1 GiB limit; lower 'paths' or 'steps'", "paths")
 
     def prepare(self, model, product, params, device="cpu", array_backend=None):
         self.check_device(device)
@@ -200,11 +234,11 @@ class MonteCarlo(Pricer):
         self.cv_ = bool(self.control_variate) and not (self.american_ or self.bond_)
         self.cp_ = -1.0 if product.endswith("_put") else 1.0
         self.seed_ = 0 if self.seed is None else int(self.seed)
-        # antithetic: whole pairs, and at least two of them for a standard error
-        self.npaths_ = max(4, self.paths + self.paths % 2) if self.antithetic else self.paths
+        self.npaths_ = self._npaths()
         self.shape_ = np.shape(params[next(iter(params))])
         flat = {k: np.array(np.ravel(v), dtype=np.float64) for k, v in params.items()}
         self.nsteps_ = self._steps(flat["T"])
+        self.bounds_ = None if self.bond_ else _no_arbitrage_bounds(model.name, product, flat)
         if self.backend_ == "torch":
             return self._prepare_torch(model.name, flat, device)
         return self._prepare_numba(model.name, flat)
@@ -289,10 +323,7 @@ class MonteCarlo(Pricer):
         self.nblk_ = -(-self.npaths_ // BLOCK)
         inputs = {"P": P, "nsteps": self.nsteps_, "cvmean": cvmean}
         if self.american_:
-            nmax = int(self.nsteps_.max()) if m else 1
-            if nmax * self.npaths_ * 8 > _LSM_MAX_BYTES:
-                raise SettingError(f"pricer 'mc': an American option records paths x steps = {self.npaths_} x "
-                                   f"{nmax} values, over the 1 GiB limit; lower 'paths' or 'steps'", "paths")
+            self._check_recorded_paths(int(self.nsteps_.max()) if m else 1)
             inputs["S"] = flat["S"]
             inputs["K"] = flat["K"]
             inputs["r"] = flat["r"]
@@ -365,6 +396,8 @@ class MonteCarlo(Pricer):
 
     def _american(self, inputs, acc):
         P, nsteps = inputs["P"], inputs["nsteps"]
+        if P.shape[0] == 0:  # an empty batch: nothing to simulate
+            return
         nblk, npaths, anti = self.nblk_, self.npaths_, bool(self.antithetic)
         X = np.empty((int(nsteps.max()), npaths))
         per_call = max(1, int(_WORK_PER_CALL * self.nthreads_ // (BLOCK * max(int(nsteps.max()), 1))))
@@ -380,11 +413,19 @@ class MonteCarlo(Pricer):
         mean = np.asarray(mean, dtype=np.float64)
         se = np.asarray(se, dtype=np.float64)
         bad = ~(np.isfinite(mean) & np.isfinite(se))
+        outside = np.zeros(bad.shape, dtype=bool)
+        if self.bounds_ is not None:
+            lower, upper, tol = self.bounds_
+            with np.errstate(invalid="ignore"):
+                slack = tol + 6.0 * se
+                outside = ~bad & ((mean < lower - slack) | (mean > upper + slack))
         reason = None
-        if bad.any():
+        if bad.any() or outside.any():
+            bad |= outside
             mean = np.where(bad, np.nan, mean)
             se = np.where(bad, np.nan, se)
-            reason = np.where(bad, _NON_FINITE, "").astype(object).reshape(self.shape_)
+            reason = np.where(outside, _OUT_OF_BOUNDS, np.where(bad, _NON_FINITE, "")).astype(object)
+            reason = reason.reshape(self.shape_)
         return PriceResult(price=mean.reshape(self.shape_), stderr=se.reshape(self.shape_), reason=reason)
 
     # ------------------------------------------------------------------ torch
@@ -403,6 +444,25 @@ class MonteCarlo(Pricer):
 
 
 _NO_RECORD = np.empty((0, 0))
+
+
+def _no_arbitrage_bounds(model: str, product: str, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, upper, tolerance) of each option's price: European call in [(S e^{-qT} - K e^{-rT})+, S e^{-qT}],
+    put in [(K e^{-rT} - S e^{-qT})+, K e^{-rT}], American put in [max(K - S, K e^{-rT} - S e^{-qT}, 0), K];
+    no upper bound for sinh_lv, whose spot can turn negative."""
+    S, K, T = p["S"], p["K"], p["T"]
+    r, q = p.get("r", np.zeros_like(S)), p.get("q", np.zeros_like(S))
+    with np.errstate(all="ignore"):
+        DS, DK = S * np.exp(-q * T), K * np.exp(-r * T)
+        if product == "european_call":
+            lower, upper = np.maximum(DS - DK, 0.0), DS
+        elif product == "european_put":
+            lower, upper = np.maximum(DK - DS, 0.0), DK
+        else:  # american_put
+            lower, upper = np.maximum(np.maximum(K - S, DK - DS), 0.0), K
+        if model == "sinh_lv":
+            upper = np.full_like(upper, np.inf)
+        return lower, upper, BOUND_TOL * (DS + DK)
 
 
 def _reduce(acc: np.ndarray, cvmean: np.ndarray | None):
