@@ -133,3 +133,11 @@ def test_a_method_calling_sys_exit_is_a_row(tmp_path):
                                                out_dir=None).rows}
     assert rows["exiter"]["status"] == "error" and "sys.exit(4)" in rows["exiter"]["message"]
     assert rows["closed_form"]["status"] == "ok"
+
+
+def test_the_same_experiment_twice_is_refused():
+    data = copy.deepcopy(GOOD)
+    data["tasks"][0]["methods"] = [{"name": "closed_form", "label": "A"},
+                                   {"name": "closed_form", "settings": {"backend": "numpy"}, "label": "B"}]
+    with pytest.raises(SuiteError, match=r"methods\[1\]'.*already methods\[0\]"):
+        suite.parse(data, "s.toml", host.get_registry())

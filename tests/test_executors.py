@@ -190,12 +190,16 @@ def test_serial_executor_says_what_it_cannot_stop(tmp_path, plugin_dir):
 
 
 def test_process_executor_gives_the_serial_accuracy(tmp_path):
-    registry = load_registry()
-    methods = ['{ name = "closed_form", settings = { backend = ["numpy", "numba"] } }']
+    registry = host.load(only=ONLY + ",cos")
+    host.set_registry(registry)
+    # cos with few terms: errors that depend on every sampled point, so stale or wrong data would show
+    methods = ['{ name = "closed_form", settings = { backend = ["numpy", "numba"] } }',
+               '{ name = "cos", settings = { N = [8, 16] } }']
     s = suite.load(toml_suite(tmp_path / "s.toml", methods, tasks=2), registry)
     serial = runner.run(s, registry, out_dir=None).rows
     process = runner.run(s, registry, out_dir=None, executor="process").rows
     assert accuracy(serial) == accuracy(process)
+    assert all(r["max_abs_error"] > 1e-9 for r in process if r["method"] == "cos")
     assert {r["executor"] for r in process} == {"process"} and all(r["threads"] == 1 for r in process)
 
 
@@ -383,3 +387,50 @@ def test_show_reads_schema_1_runs(capsys):
     assert cli.main(["show", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "secant" in out and "bs_european_call" in out and "did not finish" not in out
+
+
+@pytest.mark.slow
+def test_dask_crash_and_timeout_are_rows_and_spare_the_other_cells(tmp_path, plugin_dir):
+    registry = load_registry(plugin_dir)
+    methods = ["segfault", "spin", "closed_form", "plus", '{ name = "closed_form", settings = { backend = "numba" } }']
+    s = suite.load(toml_suite(tmp_path / "s.toml", methods, timeout=2.0), registry)
+    rows = {(r["method"], r["settings"]): r for r in
+            runner.run(s, registry, out_dir=None, executor="dask", executor_options={"workers": 2}).rows}
+    by_method = {m: r for (m, _), r in rows.items()}
+    assert by_method["segfault"]["status"] == "crashed"
+    assert by_method["spin"]["status"] == "timeout" and "worker process was ended" in by_method["spin"]["message"]
+    assert [r["status"] for (m, _), r in rows.items() if m in ("closed_form", "plus")] == ["ok", "ok", "ok"]
+
+
+def test_speedups_use_the_baseline_in_task_order_whatever_finished_first(tmp_path):
+    registry = load_registry()
+    text = toml_suite(tmp_path / "s.toml", ['{ name = "closed_form", settings = { backend = ["numpy", "torch"] } }'])
+    text.write_text(text.read_text().replace("methods =", 'baseline = "closed_form"\nmethods ='))
+    s = suite.load(text, registry)
+    rows = runner.run(s, registry, out_dir=None).rows
+    for order in (rows, rows[::-1]):
+        copies = [dict(r, speedup=float("nan")) for r in order]
+        runner.speedups(copies, s.tasks[0])
+        got = {json.loads(r["settings"])["backend"]: r["speedup"] for r in copies}
+        assert got["numpy"] == 1.0 and got["torch"] != 1.0
+
+
+def test_resume_repairs_a_torn_line_and_refuses_a_held_or_reseeded_run(tmp_path, capsys):
+    registry = load_registry()
+    path = toml_suite(tmp_path / "s.toml", ['{ name = "closed_form", settings = { backend = ["numpy", "numba"] } }'],
+                      tasks=2)
+    s = suite.load(path, registry)
+    result = runner.run(s, registry, out_dir=tmp_path / "out")
+    rows_path = result.directory / ROWS_NAME
+    lines = rows_path.read_text().splitlines()
+    rows_path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # killed mid-line
+    held = RunStore(result.directory)
+    held.lock()
+    assert cli.main(["run", str(path), "--resume", str(result.directory)]) == 2
+    assert "another pricebench process" in capsys.readouterr().err
+    held.unlock()
+    assert cli.main(["run", str(path), "--seed", "3", "--resume", str(result.directory)]) == 2  # suite seed is 3
+    assert "another seed" in capsys.readouterr().err
+    assert cli.main(["run", str(path), "--resume", str(result.directory)]) == 0
+    rows = read_jsonl(rows_path)
+    assert len(rows) == 4 and len({r["cell_key"] for r in rows}) == 4

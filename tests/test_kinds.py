@@ -59,6 +59,7 @@ def test_a_plugin_kind_runs_with_its_own_key_and_the_once_policy(registry):
     assert s.tasks[0].options["notional"] == 1000.0
     rows = runner.run(s, registry, out_dir=None).rows
     plain = runner.run(suite.parse(GOOD, "s.toml", registry), registry, out_dir=None).rows
+    assert len(rows) == len(plain) == 2
     for row, ref in zip(rows, plain):
         assert row["kind"] == "scaled_price" and row["status"] == "ok"
         assert row["once_s"] > 0 and math.isnan(row["latency_median_s"]) and row["samples"] != row["samples"]

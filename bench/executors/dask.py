@@ -50,14 +50,16 @@ def _run_cell(spec: CellSpec, data: TaskData, source: PluginSource) -> CellResul
     timeout (a worker thread cannot be interrupted), after telling the scheduler why."""
     import threading
 
+    from distributed import get_worker
+
     from bench.executors.process import GRACE_S
     from bench.plugins import registry_from
 
+    worker = get_worker()  # here, in the task's thread: the watchdog's own thread has no worker context
+
     def overdue() -> None:
         try:
-            from distributed import get_worker
-
-            get_worker().log_event(TIMEOUT_EVENT, {"cell": spec.key, "timeout": spec.task.timeout})
+            worker.log_event(TIMEOUT_EVENT, {"cell": spec.key, "timeout": spec.task.timeout})
             time.sleep(1.0)  # let the event reach the scheduler
         finally:
             os._exit(124)
@@ -108,6 +110,8 @@ class DaskExecutor(Executor):
                                         dashboard_address=None, silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         self.pending: list[tuple[Any, CellSpec]] = []
+        self.shared: dict[str, Any] = {}  # cell key -> its task's scattered data
+        self.retried: set[str] = set()
 
     def close(self) -> None:
         for future, _ in self.pending:
@@ -122,25 +126,33 @@ class DaskExecutor(Executor):
             return
         shared = self.client.scatter(data, broadcast=True, hash=False)
         for spec in specs:
-            future = self.client.submit(_run_cell, spec, shared, self.source, resources={RESOURCE: 1}, pure=False,
-                                        key=f"cell-{spec.task.name}-{spec.method}-{spec.key}-{secrets.token_hex(4)}")
-            self.pending.append((future, spec))
+            self.shared[spec.key] = shared
+            self._submit(spec)
+
+    def _submit(self, spec: CellSpec) -> None:
+        future = self.client.submit(_run_cell, spec, self.shared[spec.key], self.source, resources={RESOURCE: 1},
+                                    pure=False,
+                                    key=f"cell-{spec.task.name}-{spec.method}-{spec.key}-{secrets.token_hex(4)}")
+        self.pending.append((future, spec))
 
     def results(self, wait: bool) -> Iterator[CellResult]:
         from distributed import as_completed
 
-        if wait:
-            by_future = {future.key: spec for future, spec in self.pending}
-            for future in as_completed([f for f, _ in self.pending]):
+        while True:
+            done = [(f, s) for f, s in self.pending if f.done()]
+            if not done and wait and self.pending:
+                next(iter(as_completed([f for f, _ in self.pending])))
+                continue
+            if not done:
+                return
+            for future, spec in done:
                 self.pending = [(f, s) for f, s in self.pending if f.key != future.key]
-                yield self._row(future, by_future[future.key])
-            return
-        for future, spec in list(self.pending):
-            if future.done():
-                self.pending = [(f, s) for f, s in self.pending if f.key != future.key]
-                yield self._row(future, spec)
+                row = self._row(future, spec)
+                if row is not None:
+                    yield row
 
-    def _row(self, future, spec: CellSpec) -> CellResult:
+    def _row(self, future, spec: CellSpec) -> CellResult | None:
+        """The cell's row; None when it was resubmitted (it waited on a worker that another cell killed)."""
         from distributed.scheduler import KilledWorker
 
         try:
@@ -151,8 +163,13 @@ class DaskExecutor(Executor):
                 return CellResult.for_cell(spec, executor=self.name, status="timeout",
                                            message=f"exceeded the {spec.task.timeout:g} s per-cell timeout; its "
                                                    "worker process was ended")
+            if spec.key not in self.retried:
+                # cells queued on a worker die with it: run each once more, so only the culprit is a crash
+                self.retried.add(spec.key)
+                self._submit(spec)
+                return None
             return CellResult.for_cell(spec, executor=self.name, status="crashed",
-                                       message=f"crashed: the worker process died under the cell ({exc})")
+                                       message=f"crashed: the worker process died under the cell, twice ({exc})")
         except Exception as exc:  # noqa: BLE001 - lost data, a cancelled future: not the method's fault
             return CellResult.for_cell(spec, executor=self.name, status="error",
                                        message=f"dask: {type(exc).__name__}: {exc}")
