@@ -30,6 +30,7 @@ from rich.table import Table
 
 import bench
 from bench import plugins as plugin_host
+from bench.commands import count_arg
 from bench import executors, report, runner, suite as suite_mod
 from bench.commands import Command
 from bench.plugins import PluginError, PluginLoadWarning
@@ -37,17 +38,7 @@ from bench.plugins import PluginError, PluginLoadWarning
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
+_count = count_arg  # an integer option >= minimum
 
 
 def _parser(commands: Mapping[str, tuple[Command, str]] | None = None) -> argparse.ArgumentParser:

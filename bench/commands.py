@@ -11,6 +11,20 @@ import argparse
 from typing import Any, ClassVar
 
 
+def count_arg(minimum: int):
+    """An argparse ``type`` for an integer >= ``minimum`` with a one-line error otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 class Command:
     """A sub-command: ``pricebench <name> ...``."""
 

@@ -50,6 +50,11 @@ def read(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A saved leaderboard: a run folder or its leaderboard.csv."""
     path = Path(path)
     if path.is_dir():
+        if not (path / CSV_NAME).is_file() and (path / JSON_NAME).is_file():
+            # a run stopped before its first table: its rows (if any) are in the record
+            from bench.store import ROWS_NAME, read_jsonl
+
+            return pd.DataFrame(read_jsonl(path / ROWS_NAME)), json.loads((path / JSON_NAME).read_text())
         path = path / CSV_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no leaderboard here (expected a run folder or {CSV_NAME})")

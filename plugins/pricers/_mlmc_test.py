@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench.commands import Command
+from bench.commands import Command, count_arg
 from pricebench_plugins.pricers._mlmc_driver import SEED002_INDEPENDENT, SEED002_SAME_PATH, MLMCTestResult
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -392,17 +392,7 @@ def write_report(res: MLMCTestResult, out_dir: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------- the command
 
 
-def _count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
+_count = count_arg  # an integer option >= minimum
 
 
 def _positive_float(text: str) -> float:
