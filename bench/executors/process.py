@@ -33,8 +33,15 @@ STARTUP_S = 120.0  # a fresh worker's imports and plugin loading (not counted ag
 KEEP_TASKS = 2  # task data a worker keeps (the current task and the one before)
 
 
-def _worker_main(conn, source: PluginSource, threads: int) -> None:
+def _worker_main(conn, source: PluginSource, threads: int, cwd: str) -> None:
     """The worker's loop: ("data", key, TaskData) stores a task's data; ("cell", key, spec) answers a row."""
+    # the server started in the package's own folder (see _started_safely); work where the run was
+    # started, but never import from there: a folder called `bench` must not shadow the package
+    sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass
     # for pools first started here; numba, if the server preloaded it, is pinned per cell instead (it
     # refuses a changed NUMBA_NUM_THREADS once its threads exist)
     env = environment.thread_env(threads)
@@ -82,6 +89,20 @@ def _context():
     return mp.get_context("spawn")
 
 
+def _started_safely(proc) -> None:
+    """Start ``proc`` from the folder that holds the ``bench`` package: the fork server imports
+    with the current folder first on its path (``python -c``), so a folder called ``bench`` where
+    the run was started would shadow the package there."""
+    import bench
+
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__))))
+    try:
+        proc.start()
+    finally:
+        os.chdir(here)
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "the worker stopped answering"
@@ -117,9 +138,9 @@ class ProcessExecutor(Executor):
     # ------------------------------------------------------------------ worker lifecycle
     def _start(self) -> None:
         parent, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.source, self.threads), daemon=True,
-                                     name="pricebench-cell-worker")
-        self.proc.start()
+        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.source, self.threads, os.getcwd()),
+                                     daemon=True, name="pricebench-cell-worker")
+        _started_safely(self.proc)
         child.close()
         self.conn, self.sent = parent, set()
         self.workers_started += 1
