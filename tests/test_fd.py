@@ -11,7 +11,8 @@ import pytest
 
 import bench
 from pricebench_plugins.models.black_karasinski import deterministic_bond
-from pricebench_plugins.pricers.fd import FiniteDifference
+import pricebench_plugins.pricers.fd as fd_module
+from pricebench_plugins.pricers.fd import NOT_PRICED, OUT_OF_BOUNDS, FiniteDifference
 
 BS_ATM = dict(S=100.0, K=100.0, T=1.0, r=0.05, q=0.0, sigma=0.2)
 CALL_ATM, PUT_ATM = 10.450583572185567, 5.573526022256968
@@ -247,8 +248,50 @@ def test_outside_capability_gives_nan():
     params = {k: np.array(v) for k, v in
               dict(S=[100.0, 100.0], K=[100.0, 100.0], T=[1.0, 1.0], r=[0.0, 0.0], q=[0.0, 0.0],
                    sigma=[2.0, 0.2], beta=[0.5, 1.5]).items()}
-    out = pricer.price(pricer.prepare(SimpleNamespace(name="cev"), "european_call", params))
-    assert np.isfinite(out[0]) and np.isnan(out[1])
+    res = pricer.price(pricer.prepare(SimpleNamespace(name="cev"), "european_call", params))
+    assert np.isfinite(res.price[0]) and np.isnan(res.price[1])
+    assert res.reason[0] == "" and res.reason[1] == NOT_PRICED
+
+
+# Kou with heavy down jumps (1/eta2 = 83 in log units) and a narrow diffusion: the grids the conformance kit uses
+# (nx = 200) do not resolve a call at K = 100 S (-114, against [0, 100]) nor an American call there (-2e33). Both
+# are NaN with a reason; ordinary points of the same batch stay priced, unchanged.
+KOU_HEAVY = dict(S=100.0, K=10000.0, T=1.0, r=0.03, q=0.0, sigma=0.05, lam=1.0, p=0.4, eta1=10.0, eta2=0.012)
+
+
+@pytest.mark.parametrize("product", ["european_call", "american_call"])
+def test_prices_outside_the_no_arbitrage_bounds_are_nan_with_a_reason(product, monkeypatch):
+    # the first point is KOU_HEAVY; the others have ordinary down jumps (eta2 = 5) and strikes around S
+    kou = dict(KOU_HEAVY, K=np.array([10000.0, 90.0, 100.0, 110.0, 10000.0]),
+               eta2=np.array([0.012, 5.0, 5.0, 5.0, 5.0]))
+    mdl = bench.plugins.get_registry().model("kou")
+    params = mdl.validate(kou)
+    pricer = FiniteDifference(nx=200, nt=50)
+    res = pricer.price(pricer.prepare(mdl, product, params))
+    assert np.isnan(res.price[0]) and res.reason[0] == OUT_OF_BOUNDS
+    assert np.isfinite(res.price[1:]).all() and list(res.reason[1:]) == [""] * 4
+    # the same through the API
+    assert np.isnan(fd("kou", product, nx=200, nt=50, **KOU_HEAVY))
+    # without the check the same prices come out, and the flagged one lies far below 0
+    monkeypatch.setattr(fd_module, "BOUND_TOL", math.inf)
+    raw = pricer.price(pricer.prepare(mdl, product, params))
+    assert raw.reason is None
+    np.testing.assert_array_equal(raw.price[1:], res.price[1:])
+    assert raw.price[0] < -0.01 * (100.0 + 10000.0 * math.exp(-0.03))
+
+
+def test_heavy_jump_european_calls_near_the_money_stay_priced():
+    out = fd("kou", "european_call", nx=200, nt=50, **dict(KOU_HEAVY, K=np.array([90.0, 100.0, 110.0])))
+    assert np.isfinite(out).all() and np.all(np.diff(out) < 0)
+
+
+def test_ordinary_points_have_no_reason():
+    res = FiniteDifference(nx=200, nt=50)
+    mdl = bench.plugins.get_registry().model("black_scholes")
+    params = mdl.validate(dict(BS_ATM, K=np.array([1.0, 80.0, 100.0, 120.0, 500.0])))
+    for product in ("european_call", "european_put", "american_put", "american_call"):
+        out = res.price(res.prepare(mdl, product, params))
+        assert out.reason is None and np.isfinite(out.price).all()
 
 
 def test_supports_and_settings():

@@ -74,7 +74,8 @@ point outside the European bounds
 
 by more than ``BOUND_TOL`` (S e^{-qT} + K e^{-rT}) is NaN, with a reason
 (:class:`~bench.methods.PriceResult`: one string per option, "" where
-priced; NaN points of the paragraph above get a reason too). The
+priced; NaN points of the paragraph above get a reason too; the bounds and
+the check are :mod:`._bounds`', shared with mc and fd). The
 tolerance is 1e-2: the shipped suites' own under-resolved cells leave the
 bounds by up to 3.9e-3 of that scale anywhere in their domains (Heston on
 the Liu et al. domain at N = 64, its worst corner kappa = 0.5,
@@ -101,11 +102,12 @@ import numpy as np
 
 from bench import arrays, hookimpl
 from bench.methods import Model, PriceResult, Pricer, Setting, Unsupported
+from pricebench_plugins.pricers import _bounds
 
 __version__ = "1"
 
 PRODUCTS = ("european_call", "european_put")
-BOUND_TOL = 1e-2  # NaN beyond the no-arbitrage bounds by more than this times S e^{-qT} + K e^{-rT}
+BOUND_TOL = _bounds.BOUND_TOL  # NaN beyond the no-arbitrage bounds by more than this times S e^{-qT} + K e^{-rT}
 OUT_OF_BOUNDS = ("price outside the no-arbitrage bounds: the cosine expansion does not resolve this density "
                  "(raise N, or the parameters are too extreme for COS)")
 NOT_FINITE = "characteristic function or cumulants not finite, or a degenerate distribution"
@@ -213,28 +215,12 @@ class Cos(Pricer):
             put = xp.exp(-r * T) * K * total
             value = put + S * xp.exp(-q * T) - K * xp.exp(-r * T) if self.is_call_ else put
             value = xp.where(xp.isfinite(value), value, math.nan)
-            value, reason = self._check_bounds(ns, value, S, K, T, r, q)
-        return PriceResult(price=value.reshape(self.shape_), reason=reason)
-
-    def _check_bounds(self, ns, value, S, K, T, r, q):
-        """``value`` with NaN where it leaves the no-arbitrage bounds by more than the tolerance,
-        and the per-option reasons (None when every point is priced)."""
-        xp = ns.lib
-        fwd = S * xp.exp(-q * T)
-        strike = K * xp.exp(-r * T)
-        if self.is_call_:
-            lo, hi = ns.positive_part(fwd - strike), fwd
-        else:
-            lo, hi = ns.positive_part(strike - fwd), strike
-        tol = BOUND_TOL * (fwd + strike)
-        outside = (value < lo - tol) | (value > hi + tol)  # False for NaN
-        unpriced = xp.isnan(value)
-        if not bool((outside | unpriced).any()):
-            return value, None
-        value = xp.where(outside, math.nan, value)
-        outside, unpriced = arrays.to_numpy(outside), arrays.to_numpy(unpriced)
-        reason = np.where(outside, OUT_OF_BOUNDS, np.where(unpriced, NOT_FINITE, "")).astype(object)
-        return value, reason.reshape(self.shape_)
+            limits = _bounds.no_arbitrage_bounds(self.model_.name, self.product_,
+                                                 {"S": S, "K": K, "T": T, "r": r, "q": q})
+            value, _, reason = _bounds.check_bounds(value, limits, BOUND_TOL, out_of_bounds=OUT_OF_BOUNDS,
+                                                    not_finite=NOT_FINITE)
+        return PriceResult(price=value.reshape(self.shape_),
+                           reason=None if reason is None else reason.reshape(self.shape_))
 
     def _set_terms(self, p):
         """Per parameter set (g of them): c1, the half width, and the weight vectors (g, N)."""

@@ -93,7 +93,9 @@ NaN points (``PriceResult.reason`` says why, "" where priced): a non-finite esti
 paths overflowed), and an estimate outside the no-arbitrage bounds of its product (European
 call in [(S e^{-qT} - K e^{-rT})+, S e^{-qT}], put in [(K e^{-rT} - S e^{-qT})+, K e^{-rT}],
 American put in [max(K - S, K e^{-rT} - S e^{-qT}, 0), K]; no upper bound for sinh_lv) by more
-than ``BOUND_TOL`` (S e^{-qT} + K e^{-rT}) plus 6 standard errors: where the simulated paths
+than ``BOUND_TOL`` (S e^{-qT} + K e^{-rT}) plus 6 standard errors (Black-Karasinski bonds: [0, 1]
+with ``BOUND_TOL`` plus 6 standard errors, never left, as each path's discount factor lies in (0, 1];
+the bounds are :mod:`._bounds`', shared with cos and fd): where the simulated paths
 miss the mass that carries the price, as for Kou with eta1 = 1 + 1e-6 (E[exp(Y)] = 1e6 for an up
 jump: the compensated drift sends every simulated path to 0, so a call of 0 with stderr 0,
 where its lower bound is 12.7). Ordinary estimates are never near that slack. An empty batch
@@ -116,6 +118,7 @@ import numpy as np
 
 from bench import hookimpl
 from bench.methods import Pricer, PriceResult, Setting, SettingError, Unsupported
+from pricebench_plugins.pricers import _bounds
 
 __version__ = "1"
 
@@ -144,7 +147,8 @@ _KERNEL = {"black_scholes": "euro_gbm", "heston": "euro_heston", "merton": "euro
 _NON_FINITE = "non-finite Monte Carlo estimate (the simulated paths overflowed)"
 _OUT_OF_BOUNDS = ("Monte Carlo estimate outside the no-arbitrage bounds (the simulated paths miss the mass that "
                   "carries the price, e.g. jumps with E[exp(Y)] in the millions)")
-BOUND_TOL = 1e-2  # NaN beyond the no-arbitrage bounds by more than this times S e^{-qT} + K e^{-rT} + 6 stderr
+# NaN beyond the no-arbitrage bounds (:mod:`._bounds`) by more than this times S e^{-qT} + K e^{-rT}, plus 6 stderr
+BOUND_TOL = _bounds.BOUND_TOL
 
 
 def _bs_price(S, K, T, r, q, sigma, theta):
@@ -238,7 +242,7 @@ class MonteCarlo(Pricer):
         self.shape_ = np.shape(params[next(iter(params))])
         flat = {k: np.array(np.ravel(v), dtype=np.float64) for k, v in params.items()}
         self.nsteps_ = self._steps(flat["T"])
-        self.bounds_ = None if self.bond_ else _no_arbitrage_bounds(model.name, product, flat)
+        self.bounds_ = _bounds.no_arbitrage_bounds(model.name, product, flat)
         if self.backend_ == "torch":
             return self._prepare_torch(model.name, flat, device)
         return self._prepare_numba(model.name, flat)
@@ -412,19 +416,9 @@ class MonteCarlo(Pricer):
     def _result(self, mean, se):
         mean = np.asarray(mean, dtype=np.float64)
         se = np.asarray(se, dtype=np.float64)
-        bad = ~(np.isfinite(mean) & np.isfinite(se))
-        outside = np.zeros(bad.shape, dtype=bool)
-        if self.bounds_ is not None:
-            lower, upper, tol = self.bounds_
-            with np.errstate(invalid="ignore"):
-                slack = tol + 6.0 * se
-                outside = ~bad & ((mean < lower - slack) | (mean > upper + slack))
-        reason = None
-        if bad.any() or outside.any():
-            bad |= outside
-            mean = np.where(bad, np.nan, mean)
-            se = np.where(bad, np.nan, se)
-            reason = np.where(outside, _OUT_OF_BOUNDS, np.where(bad, _NON_FINITE, "")).astype(object)
+        mean, se, reason = _bounds.check_bounds(mean, self.bounds_, BOUND_TOL, se, out_of_bounds=_OUT_OF_BOUNDS,
+                                                not_finite=_NON_FINITE)
+        if reason is not None:
             reason = reason.reshape(self.shape_)
         return PriceResult(price=mean.reshape(self.shape_), stderr=se.reshape(self.shape_), reason=reason)
 
@@ -444,25 +438,6 @@ class MonteCarlo(Pricer):
 
 
 _NO_RECORD = np.empty((0, 0))
-
-
-def _no_arbitrage_bounds(model: str, product: str, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lower, upper, tolerance) of each option's price: European call in [(S e^{-qT} - K e^{-rT})+, S e^{-qT}],
-    put in [(K e^{-rT} - S e^{-qT})+, K e^{-rT}], American put in [max(K - S, K e^{-rT} - S e^{-qT}, 0), K];
-    no upper bound for sinh_lv, whose spot can turn negative."""
-    S, K, T = p["S"], p["K"], p["T"]
-    r, q = p.get("r", np.zeros_like(S)), p.get("q", np.zeros_like(S))
-    with np.errstate(all="ignore"):
-        DS, DK = S * np.exp(-q * T), K * np.exp(-r * T)
-        if product == "european_call":
-            lower, upper = np.maximum(DS - DK, 0.0), DS
-        elif product == "european_put":
-            lower, upper = np.maximum(DK - DS, 0.0), DK
-        else:  # american_put
-            lower, upper = np.maximum(np.maximum(K - S, DK - DS), 0.0), K
-        if model == "sinh_lv":
-            upper = np.full_like(upper, np.inf)
-        return lower, upper, BOUND_TOL * (DS + DK)
 
 
 def _reduce(acc: np.ndarray, cvmean: np.ndarray | None):
