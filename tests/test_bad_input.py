@@ -137,7 +137,8 @@ def test_a_method_calling_sys_exit_is_a_row(tmp_path):
 
 def test_the_same_experiment_twice_is_refused():
     data = copy.deepcopy(GOOD)
-    data["tasks"][0]["methods"] = [{"name": "closed_form", "label": "A"},
-                                   {"name": "closed_form", "settings": {"backend": "numpy"}, "label": "B"}]
+    default = host.get_registry().get("pricer", "closed_form").settings["backend"].default
+    data["tasks"][0]["methods"] = [{"name": "closed_form", "label": "A"},  # the default backend, named or not
+                                   {"name": "closed_form", "settings": {"backend": default}, "label": "B"}]
     with pytest.raises(SuiteError, match=r"methods\[1\]'.*already methods\[0\]"):
         suite.parse(data, "s.toml", host.get_registry())

@@ -419,9 +419,10 @@ def test_resume_repairs_a_torn_line_and_refuses_a_held_or_reseeded_run(tmp_path,
     registry = load_registry()
     path = toml_suite(tmp_path / "s.toml", ['{ name = "closed_form", settings = { backend = ["numpy", "numba"] } }'],
                       tasks=2)
+    path.write_text(path.read_text().replace('kind = "price"', 'kind = "price"\nseed = 5'))  # tasks' own seeds
     s = suite.load(path, registry)
-    result = runner.run(s, registry, out_dir=tmp_path / "out")
-    rows_path = result.directory / ROWS_NAME
+    result = runner.run(s, registry, out_dir=tmp_path / "out", seed=3)  # --seed 3: the suite's seed, but
+    rows_path = result.directory / ROWS_NAME                             # it overrides the tasks' seeds
     lines = rows_path.read_text().splitlines()
     rows_path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # killed mid-line
     held = RunStore(result.directory)
@@ -429,8 +430,8 @@ def test_resume_repairs_a_torn_line_and_refuses_a_held_or_reseeded_run(tmp_path,
     assert cli.main(["run", str(path), "--resume", str(result.directory)]) == 2
     assert "another pricebench process" in capsys.readouterr().err
     held.unlock()
-    assert cli.main(["run", str(path), "--seed", "3", "--resume", str(result.directory)]) == 2  # suite seed is 3
+    assert cli.main(["run", str(path), "--resume", str(result.directory)]) == 2  # without --seed: other data
     assert "another seed" in capsys.readouterr().err
-    assert cli.main(["run", str(path), "--resume", str(result.directory)]) == 0
+    assert cli.main(["run", str(path), "--seed", "3", "--resume", str(result.directory)]) == 0
     rows = read_jsonl(rows_path)
     assert len(rows) == 4 and len({r["cell_key"] for r in rows}) == 4

@@ -39,6 +39,7 @@ from bench.kinds import TaskData
 from bench.plugins import PluginError, PluginSource
 
 RESOURCE = "cell"
+MAX_RETRIES = 2  # resubmissions of a cell whose worker died under it (dask's own retries are off)
 CONNECT_TIMEOUT_S = 10
 
 
@@ -110,8 +111,9 @@ class DaskExecutor(Executor):
                                         dashboard_address=None, silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
         self.pending: list[tuple[Any, CellSpec]] = []
-        self.shared: dict[str, Any] = {}  # cell key -> its task's scattered data
-        self.retried: set[str] = set()
+        self.data: dict[str, TaskData] = {}  # task name -> its data (kept to scatter again if workers die)
+        self.shared: dict[str, Any] = {}  # task name -> its scattered data
+        self.tries: dict[str, int] = {}  # cell key -> times resubmitted
 
     def close(self) -> None:
         for future, _ in self.pending:
@@ -124,13 +126,16 @@ class DaskExecutor(Executor):
     def submit(self, data: TaskData, specs: Sequence[CellSpec]) -> None:
         if not specs:
             return
-        shared = self.client.scatter(data, broadcast=True, hash=False)
+        self.data[specs[0].task.name] = data
+        self.shared[specs[0].task.name] = self.client.scatter(data, broadcast=True, hash=False)
         for spec in specs:
-            self.shared[spec.key] = shared
             self._submit(spec)
 
     def _submit(self, spec: CellSpec) -> None:
-        future = self.client.submit(_run_cell, spec, self.shared[spec.key], self.source, resources={RESOURCE: 1},
+        name = spec.task.name
+        if self.shared[name].status != "finished":  # every worker holding a copy died: send it again
+            self.shared[name] = self.client.scatter(self.data[name], broadcast=True, hash=False)
+        future = self.client.submit(_run_cell, spec, self.shared[name], self.source, resources={RESOURCE: 1},
                                     pure=False,
                                     key=f"cell-{spec.task.name}-{spec.method}-{spec.key}-{secrets.token_hex(4)}")
         self.pending.append((future, spec))
@@ -163,16 +168,26 @@ class DaskExecutor(Executor):
                 return CellResult.for_cell(spec, executor=self.name, status="timeout",
                                            message=f"exceeded the {spec.task.timeout:g} s per-cell timeout; its "
                                                    "worker process was ended")
-            if spec.key not in self.retried:
-                # cells queued on a worker die with it: run each once more, so only the culprit is a crash
-                self.retried.add(spec.key)
-                self._submit(spec)
+            if self._retry(spec):
                 return None
             return CellResult.for_cell(spec, executor=self.name, status="crashed",
-                                       message=f"crashed: the worker process died under the cell, twice ({exc})")
+                                       message=f"crashed: the worker process died under the cell, {1 + MAX_RETRIES} "
+                                               f"times ({exc})")
         except Exception as exc:  # noqa: BLE001 - lost data, a cancelled future: not the method's fault
+            if self._retry(spec):
+                return None
             return CellResult.for_cell(spec, executor=self.name, status="error",
                                        message=f"dask: {type(exc).__name__}: {exc}")
+
+    def _retry(self, spec: CellSpec) -> bool:
+        """Cells queued on a worker die with it, and lose its data: run them again (a few times), so
+        that only the cell that kills its worker every time is a crash."""
+        tries = self.tries.get(spec.key, 0)
+        if tries >= MAX_RETRIES:
+            return False
+        self.tries[spec.key] = tries + 1
+        self._submit(spec)
+        return True
 
     def describe(self) -> dict[str, Any]:
         info = self.client.scheduler_info(n_workers=-1)
