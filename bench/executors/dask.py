@@ -20,8 +20,9 @@ Timeouts and crashes: a worker runs cells in a thread, where no timer can raise,
 watchdog ends the worker process when a cell outlives 1.5 x its timeout + 5 s, after
 logging the cell with the scheduler; the cell becomes a ``timeout`` row and the nanny
 restarts the worker. A worker that dies otherwise (a segfault, ``os._exit``) makes a
-``crashed`` row. Such cells are not retried on other workers (``allowed-failures`` = 0),
-so one bad cell cannot take the cluster down.
+``crashed`` row of the cell it was running (each cell logs its start with the scheduler);
+cells that only waited on that worker run again, up to twice. dask's own retries are off
+(``allowed-failures`` = 0), so one bad cell cannot take the cluster down.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ CONNECT_TIMEOUT_S = 10
 
 
 TIMEOUT_EVENT = "pricebench-timeout"
+START_EVENT = "pricebench-start"
+FLUSH_S = 0.02  # lets the start event leave the worker before the cell could crash it
 
 
-def _run_cell(spec: CellSpec, data: TaskData, source: PluginSource) -> CellResult:
+def _run_cell(spec: CellSpec, data: TaskData, source: PluginSource, attempt: int = 0) -> CellResult:
     """On a worker: run the cell; a watchdog ends the worker process if the cell outlives its
     timeout (a worker thread cannot be interrupted), after telling the scheduler why."""
     import threading
@@ -57,6 +60,8 @@ def _run_cell(spec: CellSpec, data: TaskData, source: PluginSource) -> CellResul
     from bench.plugins import registry_from
 
     worker = get_worker()  # here, in the task's thread: the watchdog's own thread has no worker context
+    worker.log_event(START_EVENT, {"cell": spec.key, "attempt": attempt})  # a worker dying now died under it
+    time.sleep(FLUSH_S)
 
     def overdue() -> None:
         try:
@@ -135,7 +140,8 @@ class DaskExecutor(Executor):
         name = spec.task.name
         if self.shared[name].status != "finished":  # every worker holding a copy died: send it again
             self.shared[name] = self.client.scatter(self.data[name], broadcast=True, hash=False)
-        future = self.client.submit(_run_cell, spec, self.shared[name], self.source, resources={RESOURCE: 1},
+        future = self.client.submit(_run_cell, spec, self.shared[name], self.source, self.tries.get(spec.key, 0),
+                                    resources={RESOURCE: 1},
                                     pure=False,
                                     key=f"cell-{spec.task.name}-{spec.method}-{spec.key}-{secrets.token_hex(4)}")
         self.pending.append((future, spec))
@@ -168,11 +174,13 @@ class DaskExecutor(Executor):
                 return CellResult.for_cell(spec, executor=self.name, status="timeout",
                                            message=f"exceeded the {spec.task.timeout:g} s per-cell timeout; its "
                                                    "worker process was ended")
-            if self._retry(spec):
+            attempt = self.tries.get(spec.key, 0)
+            started = any(e.get("cell") == spec.key and e.get("attempt") == attempt
+                          for _, e in self.client.get_events(START_EVENT))
+            if not started and self._retry(spec):  # it only waited on the worker that died
                 return None
             return CellResult.for_cell(spec, executor=self.name, status="crashed",
-                                       message=f"crashed: the worker process died under the cell, {1 + MAX_RETRIES} "
-                                               f"times ({exc})")
+                                       message=f"crashed: the worker process died while running the cell ({exc})")
         except Exception as exc:  # noqa: BLE001 - lost data, a cancelled future: not the method's fault
             if self._retry(spec):
                 return None
@@ -180,8 +188,8 @@ class DaskExecutor(Executor):
                                        message=f"dask: {type(exc).__name__}: {exc}")
 
     def _retry(self, spec: CellSpec) -> bool:
-        """Cells queued on a worker die with it, and lose its data: run them again (a few times), so
-        that only the cell that kills its worker every time is a crash."""
+        """Cells queued on a worker die with it, and lose its data: run them again (a few times); the
+        cell that was running when its worker died (its start event says so) is the crash."""
         tries = self.tries.get(spec.key, 0)
         if tries >= MAX_RETRIES:
             return False
