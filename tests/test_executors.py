@@ -258,6 +258,17 @@ def test_store_keeps_rows_samples_and_stable_cell_keys(tmp_path):
     assert meta["schema_version"] == 2 and meta["status"] == "finished" and meta["cells_planned"] == 2
 
 
+def wait_for_rows(out: Path, count: int = 2, seconds: float = 120.0) -> Path | None:
+    """The rows file of the run writing into ``out`` once it holds ``count`` rows (None if it never does)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = list(out.glob(f"tiny/*/{ROWS_NAME}"))
+        if found and len(read_jsonl(found[0])) >= count:
+            return found[0]
+        time.sleep(0.05)
+    return None
+
+
 def _run_cli(args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "bench", *args], env={**os.environ, **(env or {})}, **kw)
 
@@ -270,14 +281,7 @@ def test_killed_run_resumes_to_the_same_accuracy_without_duplicates(tmp_path, pl
     common = [str(path), "--plugins-dir", str(plugin_dir)]
     proc = _run_cli(["run", *common, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
-    rows_file = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill it once some, not all, cells are saved
-        found = list(out.glob(f"tiny/*/{ROWS_NAME}"))
-        if found and len(read_jsonl(found[0])) >= 2:
-            rows_file = found[0]
-            break
-        time.sleep(0.05)
+    rows_file = wait_for_rows(out)  # kill it once some, not all, cells are saved
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert rows_file is not None
@@ -363,14 +367,7 @@ def test_ctrl_c_says_exactly_what_was_saved(tmp_path, plugin_dir):
     out = tmp_path / "out"
     proc = _run_cli(["run", str(path), "--out", str(out), "--plugins-dir", str(plugin_dir)],
                     env={"PRICEBENCH_PLUGINS": ONLY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    rows_file = None
-    while time.monotonic() < deadline:
-        found = list(out.glob(f"tiny/*/{ROWS_NAME}"))
-        if found and len(read_jsonl(found[0])) >= 2:
-            rows_file = found[0]
-            break
-        time.sleep(0.05)
+    rows_file = wait_for_rows(out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert rows_file is not None and proc.returncode == 130
