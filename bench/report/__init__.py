@@ -13,7 +13,6 @@ re-exported so that ``from bench import report; report.write_csv(...)`` keeps wo
 
 from __future__ import annotations
 
-from bench import atomic as _atomic
 from bench.report.console import (
     STATUS_ORDER,
     fmt_err,
@@ -37,10 +36,6 @@ from bench.report.files import (
     write_targets,
 )
 from bench.report.plots import plot_work_precision, save_figure
-
-# bench/multilevel.py still calls ``report._atomic_write(path, write)``; it is
-# bench.atomic.write_with under its old name, until that module moves.
-_atomic_write = _atomic.write_with
 
 __all__ = [
     "CSV_NAME", "JSON_NAME", "TARGETS_NAME", "TARGET_COLUMNS",
