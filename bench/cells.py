@@ -220,7 +220,6 @@ def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResu
     data.freeze()
     caught: list[warnings.WarningMessage] = []
     monitor = environment.LoadMonitor(spec.threads)
-    started = time.perf_counter()
     timer = None
     try:
         with environment.limit_threads(spec.threads), warnings.catch_warnings(record=True) as caught, \

@@ -151,9 +151,7 @@ class Runner:
     ) -> None:
         if device not in DEVICE_CHOICES:
             raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {device!r}")
-        if executor not in executors.EXECUTORS:
-            raise executors.ExecutorError(f"unknown executor {executor!r} (executors: "
-                                          f"{', '.join(executors.EXECUTORS)})")
+        executors.check_name(executor)
         self.registry = registry
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = device
@@ -202,8 +200,7 @@ class Runner:
     def cell_specs(self, suite: Suite, run_id: str) -> list[tuple[Task, Seeds, list[CellSpec]]]:
         out = []
         for task, cells in self.plan(suite):
-            seq = task_seed(suite.seed, task, self.seed)
-            seeds = Seeds(seq, method_seed(seq), method_seed(seq, role=1))
+            seeds = self.task_seeds(suite, task)
             entropy = seeds_text(seeds)
             specs = []
             for spec, device in cells:
@@ -217,10 +214,14 @@ class Runner:
         return out
 
     # ------------------------------------------------------------------ task data
+    def task_seeds(self, suite: Suite, task: Task) -> Seeds:
+        """The task's seed sequence and the seeds it gives its candidates and its reference."""
+        seq = task_seed(suite.seed, task, self.seed)
+        return Seeds(seq, method_seed(seq), method_seed(seq, role=1))
+
     def prepare_task(self, suite: Suite, task: Task) -> TaskData:
         """The data every cell of ``task`` shares (points, inputs, reference), read-only."""
-        seq = task_seed(suite.seed, task, self.seed)
-        return self._build(task, Seeds(seq, method_seed(seq), method_seed(seq, role=1)), suite)
+        return self._build(task, self.task_seeds(suite, task), suite)
 
     def _build(self, task: Task, seeds: Seeds, suite: Suite) -> TaskData:
         kind = self.registry.task_kind(task.kind)
@@ -298,7 +299,7 @@ class Runner:
             store.lock_and_repair()
         except StoreError as exc:
             raise SuiteError(self.resume, f"--resume: {exc}") from None
-        ours = {task.name: seeds_text(seeds) for task, seeds, _ in self.cell_specs(suite, meta.get("run_id", ""))}
+        ours = {task.name: seeds_text(self.task_seeds(suite, task)) for task, _ in self.plan(suite)}
         theirs = meta.get("task_seeds", {})
         changed = sorted(name for name in ours.keys() & theirs.keys() if ours[name] != theirs[name])
         if changed:
@@ -359,8 +360,8 @@ class Runner:
                 self._finish_cell(CellResult.for_cell(spec, status="error", message=message, executor=self.executor),
                                   store, result, remaining, {task.name: task})
             return None
-        reference = self.registry.task_kind(task.kind).reference_spec(task)
         kind = self.registry.task_kind(task.kind)
+        reference = kind.reference_spec(task)
         meta["tasks"][task.name] = {
             "kind": task.kind,
             "n": task.size,

@@ -10,7 +10,7 @@ import pytest
 
 from bench import hookimpl, runner, suite
 from bench import plugins as host
-from bench.kinds import ONCE, Scored, TaskKind
+from bench.kinds import ONCE, Scored
 from bench.suite import SuiteError
 from pricebench_plugins.kinds.price import PriceKind
 from test_suite import GOOD

@@ -52,9 +52,14 @@ class Executor:
         return {"name": self.name}
 
 
-def create(name: str, registry, **options: Any) -> Executor:
-    """The executor called ``name``; ExecutorError for an unknown one."""
+def check_name(name: str) -> None:
+    """ExecutorError for a name that is not an executor."""
     if name not in EXECUTORS:
         raise ExecutorError(f"unknown executor {name!r} (executors: {', '.join(EXECUTORS)})")
+
+
+def create(name: str, registry, **options: Any) -> Executor:
+    """The executor called ``name``, started; ExecutorError for an unknown one or one that cannot start."""
+    check_name(name)
     module = importlib.import_module(EXECUTORS[name])
     return module.EXECUTOR(registry, **options)
