@@ -431,20 +431,81 @@ class RootFinder(Method):
 
 
 class Approximator(Method):
-    """A learned pricing function: trained (untimed) with ``fit``, timed in ``predict``.
+    """A learned function of a batch of feature vectors: trained (untimed) by ``fit``, timed in ``predict``.
 
-    ``fit(X, y, device)`` receives the training inputs as a 2-D float64
-    array (columns in the order of ``features``) and targets; ``predict(X)``
-    returns one value per row.
+    The framework (task kind ``approximate``, :mod:`bench.features`) turns
+    model parameters into features and targets and standardises both with
+    statistics of the training set only; an approximator sees only the
+    standardised arrays:
+
+    - ``fit(X, y, *, X_val=None, y_val=None, dydX=None, device="cpu")``:
+      ``X`` is a C-contiguous float64 array of shape (n, d), ``y`` of shape
+      (n,); ``X_val``/``y_val`` a validation set for early stopping or model
+      selection (never the test set); ``dydX`` of shape (n, d) the
+      derivatives of ``y`` with respect to ``X`` (differential training;
+      only approximators with ``differential = True`` use it; others ignore
+      it). Training runs on ``device``. ``fit`` returns ``self``, sets its
+      fitted attributes (names ending in ``_``) and ``fit_info_``, a dict of
+      plain numbers and strings describing the training (epochs run,
+      best validation loss, early stop, ...). It must bound its own work
+      (epochs, iterations, a point cap with a clear ``ValueError``) and be
+      deterministic for a given ``seed`` setting on the CPU. Bad shapes or
+      non-finite values raise ``ValueError`` naming the argument.
+    - ``prepare(X, device)``: untimed; moves the fitted state and ``X`` to
+      ``device`` and returns what ``predict`` takes (a NumPy array on the CPU,
+      a torch tensor on CUDA for torch back ends).
+    - ``predict(X)``: the timed call; one value per row, an array or tensor
+      of shape (n,) on the device ``prepare`` chose. Never raises for a
+      finite input row; NaN where it cannot predict.
+    - ``predict_std(X)`` (only when ``has_std``): the predictive standard
+      deviation, same shape and units as ``predict``.
+    - ``to_cpu()``: move the fitted state to the CPU (before saving); returns
+      ``self``. A fitted approximator must survive ``pickle`` (that is how
+      :func:`bench.save_approximator` stores it) and predict the same after.
     """
 
     kind: ClassVar[str] = "approximator"
+    differential: ClassVar[bool] = False  # fit uses dydX (differential training) when a setting asks
+    has_std: ClassVar[bool] = False  # predict_std gives a predictive standard deviation
 
-    def fit(self, X: np.ndarray, y: np.ndarray, device: str = "cpu") -> "Approximator":  # pragma: no cover
+    def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+            dydX: np.ndarray | None = None, device: str = "cpu") -> "Approximator":  # pragma: no cover - contract
         raise NotImplementedError
+
+    def prepare(self, X: np.ndarray, device: str = "cpu") -> Any:
+        """Untimed: ``X`` on ``device`` (NumPy on the CPU, torch elsewhere); the default for CPU-only methods."""
+        self.check_device(device)
+        return np.ascontiguousarray(X, dtype=np.float64)
 
     def predict(self, X: Any) -> Any:  # pragma: no cover - contract
         raise NotImplementedError
+
+    def predict_std(self, X: Any) -> Any:
+        raise NotImplementedError(f"approximator {self.name!r} gives no predictive standard deviation")
+
+    def wants_derivatives(self) -> bool:
+        """Whether this configuration trains on derivative labels (``dydX``)."""
+        return False
+
+    def to_cpu(self) -> "Approximator":
+        return self
+
+
+def check_training_arrays(X: Any, y: Any, dydX: Any = None, name: str = "X") -> tuple[np.ndarray, np.ndarray]:
+    """``X`` (n, d) and ``y`` (n,) as float64, finite and of matching length; ValueError naming the argument."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {X.shape}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"{name} has {X.shape[0]} rows but its targets have {y.shape[0]}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} has no rows: nothing to fit")
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        raise ValueError(f"{name} or its targets contain NaN or inf")
+    if dydX is not None and np.shape(dydX) != X.shape:
+        raise ValueError(f"dydX must have the shape of {name} {X.shape}, got {np.shape(dydX)}")
+    return np.ascontiguousarray(X), y
 
 
 # --------------------------------------------------------------------------- metrics
