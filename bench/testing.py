@@ -4,17 +4,19 @@ The idea of scikit-learn's ``check_estimator`` and ``parametrize_with_checks``:
 a plugin author runs the same checks on a method class that every built-in
 passes, in their own tests::
 
-    from bench.testing import check_pricer, parametrize_with_checks
+    from bench.testing import check_approximator, check_pricer, parametrize_with_checks
 
     check_pricer(MyPricer, settings={"nodes": 32})     # every check; AssertionError on failure
+    check_approximator(MyNet, settings={"epochs": 20})
 
-    @parametrize_with_checks([MyPricer, MyRootFinder])
+    @parametrize_with_checks([MyPricer, MyRootFinder, MyNet])
     def test_conformance(method, check):               # one pytest item per (class, check)
         check(method)
 
 Each check is a function ``check_xxx(cls, **options)`` that raises
 ``AssertionError`` whose message starts with the check's name and the
-method (``check_picklable failed for pricer 'mc': ...``). The checks:
+method (``check_picklable failed for pricer 'mc': ...``). The checks of
+pricers and root finders (``PRICER_CHECKS``, ``ROOT_FINDER_CHECKS``):
 
 - ``check_settings_validated_in_init``: a bad value of each setting (wrong
   type, outside ``min``/``max``, not one of ``choices``, NaN) and an unknown
@@ -58,11 +60,63 @@ method (``check_picklable failed for pricer 'mc': ...``). The checks:
   gives identical output from two instances and from two ``price``/``solve``
   calls on the same prepared inputs (the runner repeats them to time).
 
+Approximators (``APPROXIMATOR_CHECKS``, :func:`check_approximator`) run on the
+kit's data set ``smooth_2d``: f(x) = sin(x0) + 0.5 x1**2 of 2-D inputs drawn
+uniformly from a fixed seed, 400 training, 100 validation and 200 test
+points, inputs and targets standardised with the training set's statistics
+(as :mod:`bench.features` does), with exact derivative labels ``dydX``. A
+run is ``fit`` (training and validation set; ``dydX`` when
+``wants_derivatives()``) then ``prepare`` and ``predict`` on test rows. An
+instance gets ``seed=12345`` when the class has a ``seed`` setting whose
+default is None and ``settings`` give none (the runner always passes one).
+Their checks:
+
+- ``check_settings_validated_in_init``, ``check_init_stores_settings``: as
+  above (fitted state is set by ``fit``, with a trailing underscore).
+- ``check_cross_settings_in_init``: the given settings and each entry of
+  ``settings_grid`` that ``__init__`` accepts fit, prepare and predict
+  without raising.
+- ``check_fits_smooth_function``: ``fit`` returns ``self`` and sets
+  ``fit_info_``, a dict of plain numbers and strings (str keys); the
+  predictions on the 200 test points are finite and their RMSE is below
+  ``fit_tol`` times the standard deviation of the test targets.
+- ``check_output_shape``: ``predict`` returns an array or tensor of shape
+  (n,) and a float dtype, for n rows and for 1 row (never (n, 1) or 0-d).
+- ``check_empty_batch``: ``predict`` on 0 rows (shape (0, d)) returns shape
+  (0,), no exception.
+- ``check_inputs_not_mutated``: read-only training, validation and test
+  arrays are accepted; writable ones are unchanged by ``fit``, ``prepare``
+  and ``predict``, and ``predict`` leaves what ``prepare`` returned unchanged.
+- ``check_picklable``: the class, an unfitted instance (which then fits and
+  predicts the same) and a fitted, prepared one pickle, and the latter
+  predicts the same after the round trip; ``to_cpu()`` returns ``self`` and
+  the instance then predicts the same on the CPU, before and after a pickle
+  round trip (what :func:`bench.save_approximator` stores). Exact on the CPU;
+  to 1e-4 relative when ``device`` is not the CPU.
+- ``check_reproducible``: on the CPU, two instances with the same settings
+  (the same ``seed`` where the class has one) fit to identical predictions,
+  and two ``predict`` calls on the same prepared input give identical output.
+  Another seed need not change anything (a seed may only matter for some
+  settings).
+- ``check_bad_training_input``: ``fit`` with a NaN in ``X``, a NaN in ``y``,
+  ``X`` and ``y`` of different lengths, or a 1-D ``X`` raises ``ValueError``:
+  not another exception, and not silent success.
+- ``check_predict_std``: where ``has_std`` is true (the instance's attribute
+  after ``fit``, else the class's), ``predict_std`` on the prepared rows
+  returns an array of shape (n,) of finite, non-negative values.
+- ``check_differential``: a class with ``uses_derivatives = False`` never
+  ``wants_derivatives()``; for a class that uses them, an instance with
+  ``settings`` and ``differential_settings`` that wants derivatives raises
+  ``ValueError`` from ``fit`` without ``dydX`` or with ``dydX`` of the wrong
+  shape, and fits with the correct ``dydX`` to finite predictions of shape
+  (n,). ``differential_settings`` that give an instance not wanting
+  derivatives fail the check.
+
 Options (keywords of every check and of ``check_pricer`` /
-``check_root_finder``):
+``check_root_finder`` / ``check_approximator``):
 
 - ``settings``: settings every instance gets (cheap ones for slow methods:
-  few paths, small grids); the defaults fill the rest;
+  few paths, small grids, few epochs); the defaults fill the rest;
 - ``settings_grid``: more setting combinations, each overlaid on
   ``settings``, for ``check_cross_settings_in_init``;
 - ``models``, ``products``: limit the (model, product) pairs of a pricer
@@ -73,21 +127,27 @@ Options (keywords of every check and of ``check_pricer`` /
   cannot guess from their defaults and bounds;
 - ``extremes``: ``{model: [{param: value}, ...]}``, extreme points added to
   the kit's own (each overrides the ordinary set);
-- ``n``: points per ordinary batch (default 8); ``device`` (default
-  ``"cpu"``); ``registry`` (default :func:`bench.plugins.get_registry`);
+- ``n``: points (approximators: test rows) per ordinary batch (default 8);
+  ``device`` (default ``"cpu"``); ``registry`` (default
+  :func:`bench.plugins.get_registry`);
 - ``bound_tol``: tolerance of the bounds, relative to S + K (default 1e-5),
   plus 6 standard errors where the pricer gives them;
-- ``init_seconds``: the most one ``__init__`` may take (default 0.5 s).
+- ``init_seconds``: the most one ``__init__`` may take (default 0.5 s);
+- ``fit_tol``: an approximator's largest test RMSE on ``smooth_2d``,
+  relative to the targets' standard deviation (default 0.05);
+- ``differential_settings``: settings overlaid on ``settings`` that make an
+  approximator with ``uses_derivatives`` train on ``dydX``
+  (``check_differential``).
 
-Adding a kind (``check_approximator``): write a driver like
-:class:`_PricerDriver` (its cases, batches, run and output fields), register
-it in ``_DRIVERS``, and list the checks that apply in a new
-``APPROXIMATOR_CHECKS`` registered in ``CHECKS``; the generic checks take
-any driver.
+Adding a kind: write a driver like :class:`_ApproximatorDriver` (its cases,
+batches, run and output fields), register it in ``_DRIVERS``, and list the
+checks that apply in a list registered in ``CHECKS``; the generic checks
+take any driver.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import pickle
@@ -99,11 +159,14 @@ import numpy as np
 from scipy.special import ndtr
 
 from bench import arrays
-from bench.methods import IVResult, IVStatus, Method, Pricer, PriceResult, RootFinder, SettingError, Unsupported
+from bench.methods import (Approximator, IVResult, IVStatus, Method, Pricer, PriceResult, RootFinder, SettingError,
+                           Unsupported)
 
 __all__ = [
+    "APPROXIMATOR_CHECKS",
     "PRICER_CHECKS",
     "ROOT_FINDER_CHECKS",
+    "check_approximator",
     "check_pricer",
     "check_root_finder",
     "check_method",
@@ -166,6 +229,8 @@ class Options:
     registry: Any = None
     bound_tol: float = 1e-5
     init_seconds: float = 0.5
+    fit_tol: float = 0.05
+    differential_settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def make(cls, **options: Any) -> "Options":
@@ -179,8 +244,11 @@ class Options:
         opts.products = None if opts.products is None else tuple(opts.products)
         opts.batches = dict(opts.batches or {})
         opts.extremes = dict(opts.extremes or {})
+        opts.differential_settings = dict(opts.differential_settings or {})
         if opts.n < 2:
             raise ValueError("option 'n' must be at least 2")
+        if not opts.fit_tol > 0:
+            raise ValueError("option 'fit_tol' must be positive")
         return opts
 
 
@@ -220,6 +288,10 @@ class _Driver:
 
     kind = "method"
     call_name = "call"
+    setup_name = "prepare"  # the untimed steps before the call, in messages
+    inputs_name = "parameter arrays"  # what the caller passes, in messages
+    prepared_name = "a prepared instance"
+    seed_must_matter = True  # check_reproducible: another seed must change some output
 
     def __init__(self, cls: type, opts: Options):
         self.cls, self.opts = cls, opts
@@ -259,13 +331,36 @@ class _Driver:
     def check_task(self, method: Method, case: Any) -> None:
         """Raise _Skip when the method refuses the case before running."""
 
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The batch shapes ``check_output_shape`` runs."""
+        return [(self.opts.n,)]
+
+    def fit(self, method: Method, case: Any, params: Mapping[str, Any], what: str) -> None:
+        """Untimed work before ``prepare`` (an approximator's training); nothing for most kinds."""
+
+    def run_again(self, method: Method, case: Any, params: Mapping[str, Any], what: str) -> tuple[Any, Any]:
+        """Another batch for ``method``, which ``run`` already ran: a fresh run where ``prepare`` is
+        cheap; an approximator keeps its fit and only prepares and predicts."""
+        return self.run(self.make(), case, params, what)
+
+    def round_trips(self, case: Any, method: Method, params: Mapping[str, Any], want: dict[str, np.ndarray]) -> None:
+        """More round trips ``check_picklable`` asks of a prepared ``method`` whose output was ``want``."""
+
+    def on_cpu(self) -> "_Driver":
+        """This driver, or one on the CPU, for ``check_reproducible``."""
+        return self
+
     # shared
     def make(self, **overrides: Any) -> Method:
         return self.cls(**{**self.opts.settings, **overrides})
 
     def run(self, method: Method, case: Any, params: Mapping[str, Any], what: str) -> tuple[Any, Any]:
-        """prepare + the timed call; exceptions (but Unsupported) become AssertionError naming the step."""
+        """[fit +] prepare + the timed call; exceptions (but Unsupported) become AssertionError naming the step."""
         self.check_task(method, case)
+        self.fit(method, case, params, what)
+        return self.prepare_and_call(method, case, params, what)
+
+    def prepare_and_call(self, method: Method, case: Any, params: Mapping[str, Any], what: str) -> tuple[Any, Any]:
         try:
             inputs = self.prepare(method, case, params)
         except Unsupported as exc:
@@ -325,6 +420,10 @@ class _PricerDriver(_Driver):
                              f"registered models {sorted(self.models)}, models={self.opts.models}, "
                              f"products={self.opts.products}")
         return self._cases
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        # bench.price passes any shape (0-d too, but Pricer.prepare makes that 1-d)
+        return [(self.opts.n,), (2, self.opts.n // 2)]
 
     def check_task(self, method: Method, case: Case) -> None:
         try:
@@ -669,17 +768,199 @@ class _RootFinderDriver(_Driver):
         return problems
 
 
-_DRIVERS: dict[str, type[_Driver]] = {"pricer": _PricerDriver, "root_finder": _RootFinderDriver}
+# --------------------------------------------------------------------------- approximators
+
+SMOOTH_SEED = 20261204  # the kit's data set: one fixed sample, the same for every approximator
+SMOOTH_ROWS = {"X": 400, "X_val": 100, "X_test": 200}
+SMOOTH_2D = "smooth_2d"  # its name, the approximators' one case
+_AUTO = object()
+
+
+def smooth_function(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """f(x) = sin(x0) + 0.5 x1**2 of rows ``x`` (n, 2), and its gradient (n, 2)."""
+    value = np.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2
+    return value, np.stack([np.cos(x[:, 0]), x[:, 1]], axis=1)
+
+
+@functools.lru_cache(maxsize=1)
+def smooth_data() -> dict[str, np.ndarray]:
+    """The kit's ``smooth_2d`` data set (read-only arrays): ``X``, ``y``, ``dydX`` (400 rows),
+    ``X_val``, ``y_val`` (100) and ``X_test``, ``y_test`` (200).
+
+    Inputs are uniform on [-sqrt 3, sqrt 3]^2; inputs and targets are standardised with the
+    training set's statistics, as :mod:`bench.features` does, and ``dydX`` is the exact
+    derivative of the standardised target with respect to the standardised inputs.
+    """
+    rng = np.random.default_rng(SMOOTH_SEED)
+    half = math.sqrt(3.0)
+    raw = {key: rng.uniform(-half, half, size=(rows, 2)) for key, rows in SMOOTH_ROWS.items()}
+    mx, sx = raw["X"].mean(axis=0), raw["X"].std(axis=0)
+    f_train, _ = smooth_function(raw["X"])
+    my, sy = f_train.mean(), f_train.std()
+    data: dict[str, np.ndarray] = {}
+    for key, x in raw.items():
+        value, grad = smooth_function(x)
+        data[key] = np.ascontiguousarray((x - mx) / sx)
+        data["y" + key[1:]] = (value - my) / sy
+        if key == "X":
+            data["dydX"] = np.ascontiguousarray(grad * sx / sy)
+    for array in data.values():
+        array.setflags(write=False)
+    return data
+
+
+def _what(obj: Any) -> str:
+    return f"a {type(obj).__name__}" if obj is not None else "None"
+
+
+def _array_problems(value: Any, shape: tuple[int, ...], label: str) -> list[str]:
+    """An array or tensor of exactly ``shape`` and a float dtype, else what is wrong."""
+    if not (isinstance(value, np.ndarray) or arrays.is_torch(value)):
+        return [f"{label} returned {_what(value)}, not an array"]
+    got = tuple(value.shape)
+    if got != tuple(shape):
+        return [f"{label} returned shape {got} for {shape[0]} rows, not {tuple(shape)}"]
+    dtype = _host(value).dtype
+    if not np.issubdtype(dtype, np.floating):
+        return [f"{label} returned dtype {dtype}, not a float"]
+    return []
+
+
+class _ApproximatorDriver(_Driver):
+    """One case, ``smooth_2d``; a run fits on its training set and predicts on test rows."""
+
+    kind = "approximator"
+    call_name = "predict"
+    setup_name = "fit or prepare"
+    inputs_name = "training and test arrays"
+    prepared_name = "a fitted, prepared instance"
+    seed_must_matter = False
+    TRAINING = ("X", "y", "X_val", "y_val", "dydX")
+    SEEDS = (12345, 0, 1)  # the first the seed setting admits pins an unseeded instance
+
+    def cases(self) -> list[str]:
+        return [SMOOTH_2D]
+
+    def settings_for(self, **overrides: Any) -> dict[str, Any]:
+        """The options' settings with ``overrides``, and a seed where the default is None."""
+        settings = {**self.opts.settings, **overrides}
+        spec = self.cls.settings.get("seed")
+        if spec is not None and spec.default is None and "seed" not in settings:
+            for seed in self.SEEDS:
+                try:
+                    spec.check("seed", seed)
+                except ValueError:
+                    continue
+                settings["seed"] = seed
+                break
+        return settings
+
+    def make(self, **overrides: Any) -> Method:
+        return self.cls(**self.settings_for(**overrides))
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [(self.opts.n,), (1,)]
+
+    def batch(self, case, which="ordinary", shape=None):
+        """Writable copies of the training set, with ``X_test`` of ``opts.n`` rows (``which`` "test":
+        all 200; "empty": none; ``shape``: its size)."""
+        data = smooth_data()
+        if which == "empty":
+            rows = 0
+        elif shape is not None:
+            rows = math.prod(shape)
+        elif which == "test":
+            rows = len(data["X_test"])
+        else:
+            rows = self.opts.n
+        test = data["X_test"][np.arange(rows) % len(data["X_test"])]
+        return {**{key: np.array(data[key]) for key in self.TRAINING}, "X_test": test}
+
+    def fit_call(self, method: Method, params: Mapping[str, Any], dydX: Any = _AUTO) -> Any:
+        """``method.fit`` on the training set of ``params``; ``dydX`` theirs where it wants derivatives."""
+        if dydX is _AUTO:
+            dydX = params["dydX"] if method.wants_derivatives() else None
+        return method.fit(params["X"], params["y"], X_val=params["X_val"], y_val=params["y_val"], dydX=dydX,
+                          device=self.opts.device)
+
+    def fit(self, method, case, params, what):
+        try:
+            fitted = self.fit_call(method, params)
+        except Unsupported as exc:
+            raise _Skip(str(exc)) from None
+        except Exception as exc:
+            raise AssertionError(f"{case}: fit raised {type(exc).__name__}: {exc} ({what})") from exc
+        assert fitted is method, f"{case}: fit returned {_what(fitted)}, not self ({what})"
+
+    def run_again(self, method, case, params, what):
+        return self.prepare_and_call(method, case, params, what)
+
+    def prepare(self, method, case, params):
+        return method.prepare(params["X_test"], self.opts.device)
+
+    def call(self, method, inputs):
+        return method.predict(inputs)
+
+    def fields(self, out):
+        return {"prediction": _host(out)}
+
+    def shape_problems(self, out, shape):
+        return _array_problems(out, shape, "predict")
+
+    def output_problems(self, case, batch, out):
+        return []
+
+    def bound_problems(self, case, batch, out):
+        return []
+
+    def predict_on_cpu(self, method: Method, X: np.ndarray, what: str) -> np.ndarray:
+        try:
+            return _host(method.predict(method.prepare(X, "cpu")))
+        except Exception as exc:
+            raise AssertionError(f"prepare and predict on the CPU raised {type(exc).__name__}: {exc} ({what})") from exc
+
+    def round_trips(self, case, method, params, want):
+        try:
+            back = method.to_cpu()
+        except Exception as exc:
+            raise AssertionError(f"{case}: to_cpu() raised {type(exc).__name__}: {exc}") from exc
+        assert back is method, f"{case}: to_cpu() returned {_what(back)}, not self"
+        X = params["X_test"]
+        moved = self.predict_on_cpu(method, X, "after to_cpu()")
+        expect = np.asarray(want["prediction"])
+        if self.opts.device == "cpu":
+            same = _equal(moved, expect)
+        else:  # another device computes in another order (and often in float32)
+            same = moved.shape == expect.shape and bool(np.allclose(moved, expect, rtol=1e-4, atol=1e-6))
+        assert same, f"{case}: after to_cpu() the instance predicts differently on the CPU"
+        try:
+            clone = pickle.loads(pickle.dumps(method))
+        except Exception as exc:
+            raise AssertionError(f"{case}: a fitted instance does not pickle after to_cpu(): "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        again = self.predict_on_cpu(clone, X, "unpickled after to_cpu()")
+        assert _equal(again, moved), (f"{case}: a fitted instance pickled after to_cpu() (as save_approximator "
+                                      "stores it) predicts differently after the round trip")
+
+    def on_cpu(self):
+        if self.opts.device == "cpu" or not self.cls.supports_device("cpu"):
+            return self
+        return type(self)(self.cls, dataclasses.replace(self.opts, device="cpu"))
+
+
+_DRIVERS: dict[str, type[_Driver]] = {"pricer": _PricerDriver, "root_finder": _RootFinderDriver,
+                                      "approximator": _ApproximatorDriver}
 
 
 def _driver(cls: type, opts: Options) -> _Driver:
-    for base, driver in ((Pricer, _PricerDriver), (RootFinder, _RootFinderDriver)):
+    for base, driver in ((Pricer, _PricerDriver), (RootFinder, _RootFinderDriver),
+                         (Approximator, _ApproximatorDriver)):
         if isinstance(cls, type) and issubclass(cls, base):
             return driver(cls, opts)
     kind = getattr(cls, "kind", None)
     if kind in _DRIVERS:
         return _DRIVERS[kind](cls, opts)
-    raise TypeError(f"bench.testing checks pricers and root finders; got {cls!r}")
+    raise TypeError(f"bench.testing checks pricers, root finders and approximators; got {cls!r}")
 
 
 def _point(batch: Mapping[str, Any], i: int) -> str:
@@ -816,12 +1097,12 @@ def check_init_stores_settings(d: _Driver) -> None:
         if slowest > d.opts.init_seconds:
             break
     assert slowest <= d.opts.init_seconds, (
-        f"__init__ took {slowest:.3g} s (> {d.opts.init_seconds} s): heavy work belongs in prepare")
+        f"__init__ took {slowest:.3g} s (> {d.opts.init_seconds} s): heavy work belongs in {d.setup_name}")
     extra = sorted(k for k in vars(method) if k not in cls.settings and not k.startswith("_"))
-    assert not extra, (f"__init__ sets attributes {extra} besides the settings: state belongs in prepare "
+    assert not extra, (f"__init__ sets attributes {extra} besides the settings: state belongs in {d.setup_name} "
                        "(a trailing underscore, set there)")
     big = sorted(k for k, v in vars(method).items() if getattr(v, "nbytes", 0) > 1 << 20)
-    assert not big, f"__init__ stores large arrays {big}: heavy work belongs in prepare"
+    assert not big, f"__init__ stores large arrays {big}: heavy work belongs in {d.setup_name}"
     params = method.get_params()
     assert isinstance(params, dict) and set(params) == set(cls.settings), (
         f"get_params() returns {sorted(params) if isinstance(params, dict) else type(params).__name__}, "
@@ -875,7 +1156,8 @@ def check_cross_settings_in_init(d: _Driver) -> None:
 
 @_check
 def check_picklable(d: _Driver) -> None:
-    """The class and its instances pickle; a prepared instance prices the same after a round trip."""
+    """The class and its instances pickle; a prepared instance gives the same output after a round trip
+    (an approximator: also after ``to_cpu()``, alone and with a pickle round trip)."""
     cls = d.cls
     try:
         back = pickle.loads(pickle.dumps(cls))
@@ -901,31 +1183,32 @@ def check_picklable(d: _Driver) -> None:
         try:
             method2, inputs2 = pickle.loads(pickle.dumps((method, inputs)))
         except Exception as exc:
-            raise AssertionError(f"{case}: a prepared instance (or its inputs) does not pickle: "
+            raise AssertionError(f"{case}: {d.prepared_name} (or its inputs) does not pickle: "
                                  f"{type(exc).__name__}: {exc}") from exc
         try:
             out3 = d.call(method2, inputs2)
         except Exception as exc:
-            raise AssertionError(f"{case}: an unpickled prepared instance raised {type(exc).__name__}: {exc}") from exc
+            raise AssertionError(f"{case}: {d.prepared_name}, unpickled, raised {type(exc).__name__}: {exc}") from exc
         diff = _same_output(want, d.fields(out3))
-        assert not diff, f"{case}: a prepared instance gives different {diff} after a pickle round trip"
+        assert not diff, f"{case}: {d.prepared_name} gives different {diff} after a pickle round trip"
+        d.round_trips(case, method, params, want)
 
     d.for_each_case(body)
 
 
 @_check
 def check_inputs_not_mutated(d: _Driver) -> None:
-    """Read-only parameter arrays work; writable ones and prepared inputs are left unchanged."""
+    """Read-only input arrays work; writable ones and prepared inputs are left unchanged."""
 
     def body(case, method):
         readonly = _readonly(d.batch(case))
-        d.run(method, case, readonly, "read-only parameter arrays")
+        d.run(method, case, readonly, f"read-only {d.inputs_name}")
         writable = {k: np.array(v) for k, v in readonly.items()}
         before = _snapshot(writable)
         method = d.make()
-        inputs, _ = d.run(method, case, writable, "writable parameter arrays")
+        inputs, _ = d.run(method, case, writable, f"writable {d.inputs_name}")
         changed = _changed(before, writable)
-        assert not changed, f"{case}: prepare or {d.call_name} wrote into the parameter arrays {changed}"
+        assert not changed, f"{case}: {d.setup_name} or {d.call_name} wrote into the {d.inputs_name} {changed}"
         held = _snapshot(inputs)
         d.call(method, inputs)
         changed = _changed(held, inputs)
@@ -938,14 +1221,12 @@ def check_inputs_not_mutated(d: _Driver) -> None:
 @_check
 def check_output_shape(d: _Driver) -> None:
     """The output has exactly the batch's shape."""
-    shapes = [(d.opts.n,)]
-    if d.kind == "pricer":  # bench.price passes any shape (0-d too, but Pricer.prepare makes that 1-d)
-        shapes.append((2, d.opts.n // 2))
 
     def body(case, method):
-        for shape in shapes:
+        for k, shape in enumerate(d.shapes()):
             params = d.batch(case, shape=shape)
-            _, out = d.run(d.make(), case, params, f"a batch of shape {shape}")
+            what = f"a batch of shape {shape}"
+            _, out = d.run(method, case, params, what) if k == 0 else d.run_again(method, case, params, what)
             problems = d.shape_problems(out, shape)
             assert not problems, f"{case}: " + "; ".join(problems)
 
@@ -995,7 +1276,9 @@ def check_no_arbitrage_bounds(d: _Driver) -> None:
 
 @_check
 def check_reproducible(d: _Driver) -> None:
-    """Same seed, same result; another seed, another result; deterministic otherwise."""
+    """Same seed, same result; another seed, another result (not asked of approximators); deterministic
+    otherwise. Approximators run on the CPU."""
+    d = d.on_cpu()
     seeded = "seed" in d.cls.settings
     seeds = {"seed": 12345} if seeded else {}
     differs = []
@@ -1016,12 +1299,137 @@ def check_reproducible(d: _Driver) -> None:
         diff = _same_output(first, d.fields(out2))
         what = "the same seed" if seeded else "the same settings (a random method needs a seed setting)"
         assert not diff, f"{case}: two instances with {what} give different {diff}"
-        if seeded:
+        if seeded and d.seed_must_matter:
             _, out3 = d.run(d.make(seed=54321), case, params, "ordinary batch, another seed")
             differs.append(bool(_same_output(first, d.fields(out3))))
 
     d.for_each_case(body)
-    assert not seeded or any(differs), "another seed gives identical output on every case (is the seed used?)"
+    assert not (seeded and d.seed_must_matter) or any(differs), (
+        "another seed gives identical output on every case (is the seed used?)")
+
+
+# --------------------------------------------------------------------------- approximators' own checks
+
+
+def _approximators_only(d: _Driver) -> _ApproximatorDriver:
+    if not isinstance(d, _ApproximatorDriver):
+        raise AssertionError(f"the check applies to approximators, not to a {d.kind.replace('_', ' ')}")
+    return d
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+@_check
+def check_fits_smooth_function(d: _Driver) -> None:
+    """Fits ``smooth_2d`` to an RMSE below ``fit_tol`` of the targets' std; ``fit_info_`` is plain."""
+    d = _approximators_only(d)
+    case, method = SMOOTH_2D, d.make()
+    params = d.batch(case, "test")
+    _, out = d.run(method, case, params, "the kit's smooth function")
+    info = getattr(method, "fit_info_", None)
+    assert isinstance(info, dict), f"fit set fit_info_ to {_what(info)}, not a dict (of numbers and strings)"
+    odd = {k: v for k, v in info.items() if not isinstance(k, str) or not isinstance(v, _PLAIN)}
+    assert not odd, f"fit_info_ holds {odd!r}: its keys must be strings and its values plain numbers or strings"
+    n = len(params["X_test"])
+    problems = d.shape_problems(out, (n,))
+    assert not problems, f"{case}: " + "; ".join(problems)
+    pred = d.fields(out)["prediction"].astype(np.float64)
+    y = smooth_data()["y_test"]
+    bad = ~np.isfinite(pred)
+    assert not bad.any(), (f"{case}: {int(bad.sum())} of {n} predictions are not finite "
+                           f"(first {float(pred[bad][0])!r} at X = {params['X_test'][bad][0].tolist()})")
+    rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
+    scale = float(np.std(y))
+    tol = d.opts.fit_tol * scale
+    assert rmse < tol, (
+        f"{case}: RMSE {rmse:.3g} on {n} test points of f(x) = sin(x0) + 0.5 x1**2 (standardised; "
+        f"{SMOOTH_ROWS['X']} training points), not below fit_tol {d.opts.fit_tol:g} x the targets' standard "
+        f"deviation {scale:.3g} = {tol:.3g}, with settings {d.settings_for()!r} (fit_info_ {info!r}); "
+        "give settings that fit better, or a larger fit_tol")
+
+
+@_check
+def check_bad_training_input(d: _Driver) -> None:
+    """``fit`` raises ValueError for NaN in X or y, X and y of different lengths, and a 1-D X."""
+    d = _approximators_only(d)
+    params = d.batch(SMOOTH_2D)
+    X, y = params["X"], params["y"]
+    x_nan, y_nan = X.copy(), y.copy()
+    x_nan[7, 1] = np.nan
+    y_nan[11] = np.nan
+    bad = [("X with a NaN", x_nan, y), ("y with a NaN", X, y_nan), ("y one row shorter than X", X, y[:-1]),
+           (f"a 1-D X of shape {X[:, 0].shape}", np.ascontiguousarray(X[:, 0]), y)]
+    problems = []
+    for what, Xb, yb in bad:
+        method = d.make()
+        try:
+            d.fit_call(method, {**params, "X": Xb, "y": yb})
+        except ValueError:
+            continue
+        except Exception as exc:
+            problems.append(f"{what}: fit raised {type(exc).__name__}, not ValueError: {exc}")
+        else:
+            problems.append(f"{what}: fit accepted it (raise ValueError naming the argument)")
+    assert not problems, "; ".join(problems)
+
+
+@_check
+def check_predict_std(d: _Driver) -> None:
+    """Where ``has_std``, ``predict_std`` gives finite non-negative values of shape (n,)."""
+    d = _approximators_only(d)
+    case, method = SMOOTH_2D, d.make()
+    inputs, _ = d.run(method, case, d.batch(case), "ordinary batch")
+    if not getattr(method, "has_std", False):  # the instance's, set by fit, else the class's
+        return
+    try:
+        std = method.predict_std(inputs)
+    except Exception as exc:
+        raise AssertionError(f"{case}: has_std is true but predict_std raised {type(exc).__name__}: {exc}") from exc
+    problems = _array_problems(std, (d.opts.n,), "predict_std")
+    assert not problems, f"{case}: " + "; ".join(problems)
+    std = _host(std).astype(np.float64)
+    bad = ~(np.isfinite(std) & (std >= 0))
+    assert not bad.any(), (f"{case}: predict_std gave {float(std[bad][0])!r}: {int(bad.sum())} of {std.size} "
+                           "values negative or not finite")
+
+
+@_check
+def check_differential(d: _Driver) -> None:
+    """A configuration that wants derivatives refuses a missing or misshapen ``dydX`` and fits with it."""
+    d = _approximators_only(d)
+    extra = d.opts.differential_settings
+    method = d.make(**extra)
+    wants = bool(method.wants_derivatives())
+    if not getattr(d.cls, "uses_derivatives", False):
+        assert not wants, ("wants_derivatives() is true but the class says uses_derivatives = False "
+                           "(the framework computes dydX only for classes that use them)")
+        return
+    if not wants:
+        assert not extra, (f"differential_settings {extra!r} give an instance whose wants_derivatives() is false "
+                           f"(settings {d.settings_for(**extra)!r})")
+        return
+    case, params = SMOOTH_2D, d.batch(SMOOTH_2D)
+    n, dim = params["X"].shape
+    problems = []
+    for what, dydX in (("without dydX", None), (f"with dydX of shape {(n, dim + 1)}", np.zeros((n, dim + 1)))):
+        method = d.make(**extra)
+        try:
+            d.fit_call(method, params, dydX=dydX)
+        except ValueError:
+            continue
+        except Exception as exc:
+            problems.append(f"fit {what} raised {type(exc).__name__}, not ValueError: {exc}")
+        else:
+            problems.append(f"fit {what} succeeded: a configuration that wants derivatives must raise ValueError "
+                            "naming dydX")
+    assert not problems, f"settings {d.settings_for(**extra)!r}: " + "; ".join(problems)
+    method = d.make(**extra)
+    _, out = d.run(method, case, params, f"differential training with settings {d.settings_for(**extra)!r}")
+    problems = d.shape_problems(out, (d.opts.n,))
+    assert not problems, f"{case}: " + "; ".join(problems)
+    pred = d.fields(out)["prediction"].astype(np.float64)
+    assert np.isfinite(pred).all(), f"{case}: differential training gives non-finite predictions {pred.tolist()}"
 
 
 PRICER_CHECKS: list[Callable[..., None]] = [
@@ -1037,7 +1445,22 @@ PRICER_CHECKS: list[Callable[..., None]] = [
     check_reproducible,
 ]
 ROOT_FINDER_CHECKS: list[Callable[..., None]] = list(PRICER_CHECKS)
-CHECKS: dict[str, list[Callable[..., None]]] = {"pricer": PRICER_CHECKS, "root_finder": ROOT_FINDER_CHECKS}
+APPROXIMATOR_CHECKS: list[Callable[..., None]] = [
+    check_settings_validated_in_init,
+    check_init_stores_settings,
+    check_cross_settings_in_init,
+    check_fits_smooth_function,
+    check_output_shape,
+    check_empty_batch,
+    check_inputs_not_mutated,
+    check_picklable,
+    check_reproducible,
+    check_bad_training_input,
+    check_predict_std,
+    check_differential,
+]
+CHECKS: dict[str, list[Callable[..., None]]] = {"pricer": PRICER_CHECKS, "root_finder": ROOT_FINDER_CHECKS,
+                                                "approximator": APPROXIMATOR_CHECKS}
 
 
 # --------------------------------------------------------------------------- entry points
@@ -1077,6 +1500,13 @@ def check_root_finder(cls: type, *, checks: Sequence[Callable[..., None]] | None
     _run_checks(cls, ROOT_FINDER_CHECKS if checks is None else checks, options)
 
 
+def check_approximator(cls: type, *, checks: Sequence[Callable[..., None]] | None = None, **options: Any) -> None:
+    """Run every approximator check (or ``checks``) on ``cls``; one AssertionError lists the failures."""
+    if not (isinstance(cls, type) and issubclass(cls, Approximator)):
+        raise TypeError(f"check_approximator takes an Approximator subclass, got {cls!r}")
+    _run_checks(cls, APPROXIMATOR_CHECKS if checks is None else checks, options)
+
+
 def check_method(cls: type, **options: Any) -> None:
     """Run the checks of ``cls``'s kind."""
     _run_checks(cls, checks_for(cls), options)
@@ -1111,7 +1541,8 @@ def _check_id(cls: type, check: Callable[..., None]) -> str:
 
 
 def parametrize_with_checks(classes: Iterable[type], options: Mapping[Any, Mapping[str, Any]] | None = None):
-    """A ``pytest.mark.parametrize`` over (method, check) pairs, ids ``<name>-<check>``::
+    """A ``pytest.mark.parametrize`` over (method, check) pairs, ids ``<name>-<check>``, of pricers,
+    root finders and approximators (each gets the checks of its kind)::
 
         @parametrize_with_checks([MyPricer], options={MyPricer: {"settings": {"nodes": 16}}})
         def test_conformance(method, check):
