@@ -33,13 +33,35 @@ def split_kwargs(cls: type, model_params: Mapping[str, Any], kwargs: Mapping[str
     return params, settings
 
 
-def price(method: str, /, *, model: str, product: str, device: str = "cpu", **kwargs: Any) -> np.ndarray:
+def _learned(kind: str, method: Any):
+    """``method`` if it names a method; else a fitted approximator wrapped as the ``learned`` method of ``kind``."""
+    if isinstance(method, str):
+        return None
+    from bench.approximators import LearnedFunction
+
+    if not isinstance(method, LearnedFunction):
+        raise TypeError(f"method must be a registered name or a fitted approximator (bench.load_approximator), "
+                        f"got {type(method).__name__}")
+    return get_registry().get(kind, "learned").from_function(method)
+
+
+def price(method: Any, /, *, model: str, product: str, device: str = "cpu", **kwargs: Any) -> np.ndarray:
     """Prices from pricer ``method``; parameters broadcast like NumPy arrays.
 
-    Keyword arguments are the model's parameters (``S, K, T, r, q, sigma``
-    for Black-Scholes) and the method's settings.
+    ``method`` is a pricer's name, or a fitted approximator
+    (:func:`bench.load_approximator`) that learned prices of ``model`` and
+    ``product``. Keyword arguments are the model's parameters (``S, K, T, r,
+    q, sigma`` for Black-Scholes) and the method's settings.
     """
     registry = get_registry()
+    learned = _learned("pricer", method)
+    if learned is not None:
+        mdl = registry.model(model)
+        mdl.check_product(product)
+        params = mdl.validate(kwargs)
+        shape = np.shape(params[next(iter(params))])
+        out = learned.price(learned.prepare(mdl, product, params, device))
+        return arrays.to_numpy(out.price).reshape(shape)
     cls = registry.get("pricer", method)
     mdl = registry.model(model)
     mdl.check_product(product)
@@ -80,7 +102,7 @@ def iv_inputs(price, S, K, T, r, q, kind) -> dict[str, np.ndarray]:
 
 
 def implied_vol(
-    method: str,
+    method: Any,
     /,
     *,
     price: Any,
@@ -93,15 +115,18 @@ def implied_vol(
     device: str = "cpu",
     **settings: Any,
 ) -> IVResult:
-    """Black-Scholes implied volatility by root finder ``method``.
+    """Black-Scholes implied volatility by root finder ``method`` (a name, or a fitted IV approximator).
 
     Returns an :class:`~bench.methods.IVResult` with ``.sigma`` (NaN where
     not found), ``.converged``, ``.iterations`` and ``.reasons``.
     """
-    cls = get_registry().get("root_finder", method)
     inputs = iv_inputs(price, S, K, T, r, q, kind)
     shape = inputs["S"].shape
-    finder = cls(**settings)
+    finder = _learned("root_finder", method)
+    if finder is None:
+        finder = get_registry().get("root_finder", method)(**settings)
+    elif settings:
+        raise ValueError(f"a fitted approximator takes no settings, got {', '.join(settings)}")
     flat = {k: np.ravel(v) for k, v in inputs.items()}
     res = finder.solve(finder.prepare(flat, device)).to_host()
     return IVResult(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from bench import arrays, environment
+from bench import arrays, artifacts, environment
 from bench.kinds import ONCE, TaskData, with_seed
 from bench.methods import Unsupported
 from bench.timing import CellTimeout, deadline, measure, measure_once
@@ -53,6 +53,25 @@ def cell_key(task: "Task", seed_entropy: str, method: str, version: str, setting
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def cell_stems(task: "Task") -> dict[int, str]:
+    """What each method configuration's artifact files are named after, by its index in ``task.methods``:
+    its label if the suite gives one, else its name when no other configuration of the task has that
+    name, else name and a hash of its settings. A ``fitted = "task/<stem>"`` reference names one."""
+    from bench.atomic import safe_name
+
+    names = [spec.name for spec in task.methods]
+    stems = {}
+    for i, spec in enumerate(task.methods):
+        if spec.label:
+            stems[i] = safe_name(spec.label)
+        elif names.count(spec.name) == 1:
+            stems[i] = spec.name
+        else:
+            digest = hashlib.sha256(settings_json(spec.settings).encode()).hexdigest()[:8]
+            stems[i] = f"{spec.name}-{digest}"
+    return stems
+
+
 @dataclass(frozen=True)
 class CellSpec:
     """One cell, ready to run anywhere: the task, the method configuration, the device, the seeds."""
@@ -72,16 +91,17 @@ class CellSpec:
     threads: int
     key: str
     save_outputs: bool = False
+    stem: str = ""  # what the cell's artifact files are named after (see cell_stems)
 
     @classmethod
     def create(cls, *, suite: str, run_id: str, task: "Task", spec: "MethodSpec", device: str, version: str,
                plugin: str, method_seed: int, seed_entropy: str, threads: int, resolved: Mapping[str, Any],
-               save_outputs: bool = False) -> "CellSpec":
+               save_outputs: bool = False, stem: str = "") -> "CellSpec":
         """``resolved``: every setting with its default filled in, so ``cos`` and ``cos`` with its
         default ``N`` given are one experiment (one key)."""
         key = cell_key(task, seed_entropy, spec.name, version, resolved, device)
         return cls(suite, run_id, task, spec.name, spec.kind, version, plugin, dict(spec.settings), spec.label,
-                   device, method_seed, seed_entropy, threads, key, save_outputs)
+                   device, method_seed, seed_entropy, threads, key, save_outputs, stem or spec.name)
 
     @property
     def title(self) -> str:
@@ -89,7 +109,7 @@ class CellSpec:
 
 
 _METRICS_AFTER = "failure_rate"  # registered metrics' columns come right after this field
-_NOT_COLUMNS = ("timing_samples", "scores", "outputs")
+_NOT_COLUMNS = ("timing_samples", "scores", "outputs", "artifact_data")
 
 
 @dataclass
@@ -147,10 +167,12 @@ class CellResult:
     executor: str = ""
     exit_code: float = math.nan
     wall_s: float = math.nan
+    artifacts: str = ""  # files the cell made, relative to the run folder ("; "-separated)
     # not columns: the raw timing samples (stored apart) and kind-specific or metric columns
     timing_samples: list[float] = field(default_factory=list, repr=False)
     scores: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # --save-outputs
+    artifact_data: dict[str, bytes] = field(default_factory=dict, repr=False)  # {file name: bytes}
 
     @classmethod
     def columns(cls, metric_names: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -223,7 +245,7 @@ def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResu
     timer = None
     try:
         with environment.limit_threads(spec.threads), warnings.catch_warnings(record=True) as caught, \
-                deadline(task.timeout) as timer:
+                artifacts.provided(data.artifacts), deadline(task.timeout) as timer:
             warnings.simplefilter("once")  # each distinct warning once: cheap inside the timed loop
             method = cls(**with_seed(cls, spec.settings, spec.method_seed))
             t0 = time.perf_counter()
@@ -260,8 +282,9 @@ def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResu
         row.update({
             "latency_median_s": timing.median, "latency_iqr_s": timing.iqr, "latency_min_s": timing.minimum,
             "latency_max_s": timing.maximum, "spread_pct": 100.0 * timing.spread, "samples": len(timing.samples),
-            "loops": timing.loops, "ns_per_option": 1e9 * timing.median / task.size,
-            "throughput_per_s": task.size / timing.median if timing.median > 0 else math.inf,
+            # per option of what was timed: the task's points (an approximate task's test sets)
+            "loops": timing.loops, "ns_per_option": 1e9 * timing.median / max(data.size, 1),
+            "throughput_per_s": data.size / timing.median if timing.median > 0 else math.inf,
             "prepare_s": prepare_s, "first_call_s": timing.first_call,
         })
     try:
@@ -270,6 +293,7 @@ def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResu
         row.update({"status": "error", "message": f"scoring failed: {type(exc).__name__}: {exc}"})
         return
     row.update(scored.columns)
+    row.artifact_data = {f"{spec.stem}.{spec.device}.{name}": data for name, data in scored.artifacts.items()}
     if spec.save_outputs:
         row.outputs = _output_arrays(out)
     notes = list(scored.notes)
@@ -278,8 +302,8 @@ def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResu
     if scored.failed or (usable and failures == usable):
         row.status = "failed"
         notes.append("no point priced")
-    if usable < task.size:
-        notes.append(f"reference undefined (NaN) at {task.size - usable} points, not scored")
+    if usable < data.size:
+        notes.append(f"reference undefined (NaN) at {data.size - usable} points, not scored")
     if timing.noisy:
         notes.append(f"noisy timing: IQR {100 * timing.spread:.0f}% of median")
     notes.append(monitor.note())

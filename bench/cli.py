@@ -76,6 +76,8 @@ def _parser(commands: Mapping[str, tuple[Command, str]] | None = None) -> argpar
                    help="also save every cell's outputs (outputs/<cell_key>.npz) so scores can be recomputed")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="complete an interrupted run: compute only its missing cells (same suite and seed)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where labelled training data is cached (default: <out>/cache)")
 
     p = sub.add_parser("show", parents=[common], help="re-render a saved leaderboard")
     p.add_argument("path", help="a run folder or its leaderboard.csv")
@@ -135,7 +137,7 @@ def cmd_run(args, out: Console, err: Console) -> int:
         raise suite_mod.SuiteError("--resume", "resumes one run: name exactly one suite")
     options = dict(out_dir=args.out, device=args.device, tasks=args.task, methods=args.method, seed=args.seed,
                    threads=args.threads, executor=args.executor, save_outputs=args.save_outputs,
-                   resume=args.resume,
+                   resume=args.resume, cache_dir=args.cache_dir,
                    executor_options={"scheduler": args.scheduler, "workers": args.workers})
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

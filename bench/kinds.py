@@ -15,6 +15,7 @@ The built-in kinds, ``price`` and ``implied_vol``, live in
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
@@ -50,6 +51,8 @@ class TaskData:
     scale: np.ndarray | None = None
     method_seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # artifacts of earlier tasks that this task's methods require ({"task/file": bytes}; see bench.artifacts)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
 
     def freeze(self) -> "TaskData":
         """Make every array read-only: a method that writes into its inputs must not change
@@ -84,6 +87,14 @@ class Scored:
     columns: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     failed: bool = False
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # files for the run folder: {file name: bytes}
+
+
+@dataclass
+class RunContext:
+    """What a kind's ``build`` may use of the run: where to cache data (None: do not cache)."""
+
+    cache_dir: Path | None = None
 
 
 class TaskKind:
@@ -118,7 +129,9 @@ class TaskKind:
 
     # ------------------------------------------------------------------ data
     def build(self, task: "Task", seeds: Seeds, registry: "Registry") -> TaskData:  # pragma: no cover
-        """Sample the task's points and compute what every cell shares (untimed, once per task)."""
+        """Sample the task's points and compute what every cell shares (untimed, once per task).
+
+        A kind whose ``build`` also takes ``run`` (a :class:`RunContext`) gets the run's cache folder."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ cells
@@ -133,6 +146,13 @@ class TaskKind:
         Raise ValueError for an output of the wrong type or shape (the cell
         becomes an ``error`` row naming it)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ after the run
+    def finish(self, task: "Task", rows: list[dict[str, Any]], run_rows: list[dict[str, Any]],
+               directory: Path | None) -> dict[str, bytes]:
+        """Once every cell of the run is done: add columns to this task's ``rows`` that need other
+        tasks' rows (``run_rows``), and return summary files for the run folder ({name: bytes})."""
+        return {}
 
     def __repr__(self) -> str:
         return f"<task kind {self.name!r}>"

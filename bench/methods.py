@@ -128,6 +128,18 @@ class Method:
                 raise SettingError(f"{cls.kind} {cls.name!r}: {exc}", key) from None
         return out
 
+    @classmethod
+    def requires(cls, settings: Mapping[str, Any]) -> tuple[str, ...]:
+        """Artifacts of earlier tasks this configuration needs (``"task/file"``; see :mod:`bench.artifacts`).
+
+        The runner finishes those tasks first and hands their files to the cell; the default needs none."""
+        return ()
+
+    @classmethod
+    def check_requirements(cls, settings: Mapping[str, Any], tasks: Mapping[str, Any]) -> None:
+        """Raise :class:`SettingError` when a required artifact cannot come from ``tasks`` (the earlier tasks
+        of the suite, by name): suites call it while they are read."""
+
     def get_params(self) -> dict[str, Any]:
         """The settings of this instance (scikit-learn's name for it)."""
         return {key: getattr(self, key) for key in self.settings}
@@ -443,8 +455,8 @@ class Approximator(Method):
       (n,); ``X_val``/``y_val`` a validation set for early stopping or model
       selection (never the test set); ``dydX`` of shape (n, d) the
       derivatives of ``y`` with respect to ``X`` (differential training;
-      only approximators with ``differential = True`` use it; others ignore
-      it). Training runs on ``device``. ``fit`` returns ``self``, sets its
+      only approximators with ``uses_derivatives = True`` use it, when
+      ``wants_derivatives()`` says so; others ignore it). Training runs on ``device``. ``fit`` returns ``self``, sets its
       fitted attributes (names ending in ``_``) and ``fit_info_``, a dict of
       plain numbers and strings describing the training (epochs run,
       best validation loss, early stop, ...). It must bound its own work
@@ -465,7 +477,7 @@ class Approximator(Method):
     """
 
     kind: ClassVar[str] = "approximator"
-    differential: ClassVar[bool] = False  # fit uses dydX (differential training) when a setting asks
+    uses_derivatives: ClassVar[bool] = False  # fit can use dydX (differential training) when a setting asks
     has_std: ClassVar[bool] = False  # predict_std gives a predictive standard deviation
 
     def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import inspect
 import json
 import math
 import time
@@ -27,9 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench import atomic, environment, executors, report
-from bench.cells import CellResult, CellSpec
-from bench.kinds import Seeds, TaskData
+from bench import artifacts, atomic, environment, executors, report
+from bench.cells import CellResult, CellSpec, cell_stems
+from bench.kinds import RunContext, Seeds, TaskData
 from bench.plugins import Registry
 from bench.store import SCHEMA_VERSION, RunStore, StoreError, new_run_id
 from bench.suite import MethodSpec, Suite, SuiteError, Task
@@ -145,6 +146,7 @@ class Runner:
         executor_options: dict[str, Any] | None = None,
         save_outputs: bool = False,
         resume: str | Path | None = None,
+        cache_dir: str | Path | None = None,
         on_start: Callable[[int], None] | None = None,
         on_cell: Callable[[dict[str, Any]], None] | None = None,
         on_task: Callable[[Task, list[dict[str, Any]]], None] | None = None,
@@ -163,6 +165,11 @@ class Runner:
         self.executor_options = dict(executor_options or {})
         self.save_outputs = save_outputs
         self.resume = Path(resume) if resume is not None else None
+        # labelled training data and the like: --cache-dir, else <out>/cache, else not cached
+        if cache_dir is None and self.out_dir is not None:
+            cache_dir = self.out_dir / "cache"
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._artifacts: dict[str, bytes] = {}
         self.on_start, self.on_cell, self.on_task = on_start, on_cell, on_task
 
     # ------------------------------------------------------------------ selection
@@ -203,13 +210,14 @@ class Runner:
             seeds = self.task_seeds(suite, task)
             entropy = seeds_text(seeds)
             specs = []
+            stems = cell_stems(task)
             for spec, device in cells:
                 entry = self.registry.entry(spec.kind, spec.name)
                 specs.append(CellSpec.create(
                     suite=suite.name, run_id=run_id, task=task, spec=spec, device=device, version=entry.cls.version,
                     plugin=entry.plugin, method_seed=seeds.method, seed_entropy=entropy,
                     threads=self.threads_for(suite), resolved=entry.cls.resolve_settings(spec.settings),
-                    save_outputs=self.save_outputs))
+                    save_outputs=self.save_outputs, stem=stems[task.methods.index(spec)]))
             out.append((task, seeds, specs))
         return out
 
@@ -225,8 +233,21 @@ class Runner:
 
     def _build(self, task: Task, seeds: Seeds, suite: Suite) -> TaskData:
         kind = self.registry.task_kind(task.kind)
+        extra = {}
+        if "run" in inspect.signature(kind.build).parameters:
+            extra["run"] = RunContext(cache_dir=self.cache_dir)
         with environment.limit_threads(self.threads or suite.threads):
-            return kind.build(task, seeds, self.registry).freeze()
+            data = kind.build(task, seeds, self.registry, **extra)
+        data.artifacts = {ref: self._artifacts[ref] for ref in self.required(task) if ref in self._artifacts}
+        return data.freeze()
+
+    def required(self, task: Task) -> list[str]:
+        """The artifacts of earlier tasks that ``task``'s methods need (``"task/file"``)."""
+        refs = []
+        for spec in self.selected_methods(task):
+            cls = self.registry.get(spec.kind, spec.name)
+            refs += [r for r in cls.requires(spec.settings) if r not in refs]
+        return refs
 
     # ------------------------------------------------------------------ the run
     def run(self, suite: Suite) -> RunResult:
@@ -273,6 +294,14 @@ class Runner:
         meta["task_seeds"] = {task.name: seeds_text(seeds) for task, seeds, _ in work}
         self._save_meta(store, meta)
         for task, seeds, specs in todo:
+            if self.required(task):
+                # the artifacts it needs come from earlier tasks: finish every cell handed out so far
+                for row in executor.results(wait=True):
+                    self._finish_cell(row, store, result, remaining, tasks)
+                if store is not None:
+                    for name in {artifacts.task_of(r) for r in self.required(task)}:
+                        for ref, data in store.read_artifacts(name).items():
+                            self._artifacts.setdefault(ref, data)
             data = self._task_data(task, seeds, specs, meta, store, result, remaining, suite)
             if data is not None:
                 executor.submit(data, specs)
@@ -283,6 +312,7 @@ class Runner:
         for task in tasks.values():
             if remaining.get(task.name, 0) == 0 and task.name in {r["task"] for r in result.rows}:
                 speedups([r for r in result.rows if r["task"] == task.name], task)
+        self._finish_tasks(tasks, store, result)
         meta["status"] = "finished"
         meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._save_tables(store, result, force=True)
@@ -375,8 +405,26 @@ class Runner:
         self._save_meta(store, meta)
         return data
 
+    def _finish_tasks(self, tasks: dict[str, Task], store: RunStore | None, result: RunResult) -> None:
+        """Each kind's last word once every cell is done: columns that need other tasks' rows, summaries."""
+        for task in tasks.values():
+            rows = [r for r in result.rows if r["task"] == task.name]
+            if not rows:
+                continue
+            kind = self.registry.task_kind(task.kind)
+            try:
+                files = kind.finish(task, rows, result.rows, store.directory if store else None)
+            except Exception as exc:  # noqa: BLE001 - a summary must not cost the results
+                result.metadata["tasks"].setdefault(task.name, {})["finish_error"] = f"{type(exc).__name__}: {exc}"
+                continue
+            if files and store is not None:
+                written = store.write_artifacts(task.name, files)
+                result.metadata["tasks"].setdefault(task.name, {})["summaries"] = written
+
     def _finish_cell(self, row: CellResult, store: RunStore | None, result: RunResult, remaining: dict[str, int],
                      tasks: dict[str, Task]) -> None:
+        for name, data in row.artifact_data.items():
+            self._artifacts[f"{row.task}/{atomic.safe_name(name)}"] = data
         if store is not None:
             store.append(row)
         as_row = row.as_row()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import atomic
+from bench import artifacts, atomic
 from bench.cells import CellResult
 
 SCHEMA_VERSION = 2
@@ -136,6 +136,8 @@ class RunStore:
 
     # ------------------------------------------------------------------ writing
     def append(self, row: CellResult) -> None:
+        if row.artifact_data:
+            row.artifacts = "; ".join(self.write_artifacts(row.task, row.artifact_data))
         if row.outputs:
             with atomic.atomic_path(self.directory / OUTPUTS_DIR / f"{row.cell_key}.npz", suffix=".npz") as tmp:
                 np.savez_compressed(tmp, **row.outputs)
@@ -144,6 +146,24 @@ class RunStore:
                 {"cell_key": row.cell_key, "run_id": row.run_id, "host": row.host, "loops": row.loops,
                  "policy": "once" if math.isfinite(row.once_s) else "repeat", "samples": row.timing_samples}))
         atomic.append_line(self.directory / ROWS_NAME, _json(row.as_row()))
+
+    def write_artifacts(self, task: str, files: dict[str, bytes]) -> list[str]:
+        """Write ``files`` to ``artifacts/<task>/`` atomically; their paths relative to the run folder."""
+        folder = atomic.inside(self.directory / artifacts.FOLDER, task)
+        written = []
+        for name, data in files.items():
+            path = atomic.inside(folder, name)
+            atomic.write_bytes(path, data)
+            written.append(str(path.relative_to(self.directory)))
+        return written
+
+    def read_artifacts(self, task: str) -> dict[str, bytes]:
+        """The artifacts a task's cells wrote (``{"task/file": bytes}``), for a resumed run."""
+        folder = atomic.inside(self.directory / artifacts.FOLDER, task)
+        if not folder.is_dir():
+            return {}
+        return {f"{task}/{p.name}": p.read_bytes() for p in sorted(folder.iterdir())
+                if p.is_file() and not p.name.startswith(".")}
 
     def write_metadata(self, meta: dict[str, Any]) -> None:
         atomic.write_text(self.directory / RUN_NAME, json.dumps(meta, indent=2, default=str))

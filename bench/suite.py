@@ -308,7 +308,7 @@ def parse(data: Mapping[str, Any], path: str | Path, registry: Registry) -> Suit
     for i, td in enumerate(tasks_data):
         if not isinstance(td, dict):
             raise SuiteError(path, "each entry of tasks must be a table", None, f"tasks[{i}]")
-        task = _parse_task(td, i, path, registry, defaults)
+        task = _parse_task(td, i, path, registry, defaults, {t.name: t for t in tasks})
         if task.name in seen:
             raise SuiteError(path, "two tasks have this name", task.name, "name")
         seen.add(task.name)
@@ -329,6 +329,7 @@ class ParseContext:
     fixed: dict[str, float]
     domain: dict[str, tuple[float, float]]
     devices: tuple[str, ...]
+    earlier: dict[str, "Task"] = field(default_factory=dict)  # the tasks before this one, by name
 
     def error(self, message: str, key: str | None = None) -> SuiteError:
         return SuiteError(self.path, message, self.task, key)
@@ -364,7 +365,8 @@ def _check_name(value: Any, path: str, task: str | None, key: str) -> None:
                          "'.' or '-' (it names a results folder and files)", task, key)
 
 
-def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry, defaults) -> Task:
+def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry, defaults,
+                earlier: Mapping[str, "Task"] | None = None) -> Task:
     label = td.get("name") if isinstance(td.get("name"), str) else f"tasks[{index}]"
     label = label if len(label) <= MAX_NAME else label[:MAX_NAME] + "..."
     if "kind" not in td:
@@ -462,7 +464,7 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
         raise SuiteError(path, f"{what} is more than the {MAX_POINTS:,} points a task may have", label, "n")
 
     devices = _devices(td["devices"], path, label, "devices") if "devices" in td else defaults["devices"]
-    ctx = ParseContext(path, label, registry, model, product, fixed, domain, devices)
+    ctx = ParseContext(path, label, registry, model, product, fixed, domain, devices, dict(earlier or {}))
     options = kind.parse(td, ctx)
     methods: list[MethodSpec] = []
     if not isinstance(td["methods"], list) or not td["methods"]:
@@ -473,6 +475,10 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
         for spec in specs:
             cls = registry.get(spec.kind, spec.name)
             kind.check_method(spec, cls, ctx, f"methods[{j}]")
+            try:
+                cls.check_requirements(spec.settings, ctx.earlier)
+            except SettingError as exc:
+                raise ctx.error(str(exc), f"methods[{j}].settings.{exc.setting}") from None
             config = (spec.name, json.dumps(cls.resolve_settings(spec.settings), sort_keys=True, default=str))
             for device in spec.devices:
                 if (config, device) in seen_configs:

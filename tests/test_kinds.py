@@ -78,8 +78,8 @@ def test_a_plugin_kind_validates_its_keys(registry):
 
 def test_unknown_kind_lists_the_registered_ones(registry):
     bad = copy.deepcopy(GOOD)
-    bad["tasks"][0]["kind"] = "approximate"
-    with pytest.raises(SuiteError, match="unknown task kind 'approximate'.*implied_vol, price, scaled_price"):
+    bad["tasks"][0]["kind"] = "calibrate"
+    with pytest.raises(SuiteError, match="unknown task kind 'calibrate'.*approximate, implied_vol, price, scaled_price"):
         suite.parse(bad, "s.toml", registry)
 
 
