@@ -84,5 +84,5 @@ def test_unknown_kind_lists_the_registered_ones(registry):
 
 
 def test_task_kinds_are_listed_as_plugins(registry):
-    assert registry.names("task_kind") == ["implied_vol", "price", "scaled_price"]
+    assert registry.names("task_kind") == ["approximate", "implied_vol", "price", "scaled_price"]
     assert registry.entry("task_kind", "scaled_price").plugin == "scaled"
