@@ -55,13 +55,15 @@ Each cell saves its fitted approximator (``<stem>.<device>.pbapprox``, the stem 
 label, else its name, see :func:`bench.cells.cell_stems`;
 see :mod:`bench.approximators`) and a PNG of predicted against target with
 an error histogram beside the leaderboard, under ``artifacts/<task>/``.
-When a run has approximate tasks that differ only in ``n``, the last of
-them also writes ``learning_curve.csv`` and ``.png``: RMSE against training
-set size per method configuration.
+When a run has approximate tasks that differ only in ``n`` and the set
+sizes (column ``design`` is a hash of the rest), the largest of them also
+writes ``learning_curve.csv`` and ``.png``: RMSE against training set size
+per method configuration.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -236,6 +238,7 @@ class ApproximateKind(TaskKind):
             "derivatives": train.derivatives, "dropped": int(dropped), "notes": notes,
             "test_price": np.concatenate(price) if fmap.target == "implied_vol" else None,
             "audit": self._audit_grid(task, fmap, model) if opts["audit"] else None,
+            "design": _design(task),
         }
         scale = scoring.price_scale(params, reference_values.size) if fmap.target == "price" else None
         return TaskData(params, inputs, reference_values, wide.label_s + (narrow.label_s if narrow else 0.0), scale,
@@ -377,6 +380,7 @@ class ApproximateKind(TaskKind):
             "fit_s": info["fit_s"], "label_s": extra["label_s"],
             "label_price_s": extra["label_s"] / max(extra["n_labelled"], 1),
             "n_train": extra["n_train"], "n_val": extra["n_val"], "n_test": data.size, "cached": extra["cached"],
+            "design": extra["design"],
             "fit_info": json.dumps(fit_info, sort_keys=True, default=str),
         })
         if extra["derivatives"] and task.methods:
@@ -420,6 +424,18 @@ class Prediction:
 
     def __init__(self, values: Any, info: dict[str, Any]):
         self.values, self.info = values, info
+
+
+def _design(task) -> str:
+    """A short hash of what defines a task's data except its size: tasks with the same design differ only in n."""
+    opts = task.options
+    described = {"model": task.model, "product": task.product, "domain": task.domain, "fixed": task.fixed,
+                 "sampler": task.sampler, "sampler_options": task.sampler_options,
+                 "pricer": [opts["pricer"].name, opts["pricer"].settings],
+                 "reference": [s.name, s.settings] if (s := opts["reference"]) is not None else None,
+                 **{k: opts[k] for k in ("target", "homogeneous", "squash", "min_time_value", "noise", "narrow")}}
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _child(seq: np.random.SeedSequence, role: int) -> np.random.SeedSequence:
@@ -529,9 +545,10 @@ def _scatter_png(task, estimate: np.ndarray, reference: np.ndarray, parts) -> by
 
 
 def _learning_curve(task, run_rows) -> dict[str, bytes]:
-    """RMSE against training-set size across the run's approximate tasks of this model, product and target."""
-    same = [r for r in run_rows if r.get("kind") == "approximate" and r.get("model") == task.model
-            and r.get("product") == task.product and r.get("n_train") and r.get("status") == "ok"]
+    """RMSE against training-set size across the run's approximate tasks of this task's design (all but n)."""
+    design = _design(task)
+    same = [r for r in run_rows if r.get("kind") == "approximate" and r.get("design") == design
+            and r.get("n_train") and r.get("status") == "ok"]
     tasks = sorted({r["task"] for r in same})
     sizes = sorted({int(r["n_train"]) for r in same})
     if len(tasks) < 2 or len(sizes) < 2 or task.name != max(tasks, key=lambda t: max(
