@@ -5,7 +5,8 @@ labelling pricer gives them and, for differential training, the price's
 derivatives with respect to the parameters. Labelling is the slow part (a
 COS or Monte Carlo pricer over 10^5 points), so sets are cached on disk,
 keyed by a hash of everything that determines them: the model and its
-version, the product, the domain and fixed values, the sampler and its
+version, the product, the domain (in its order: the sampler draws the
+columns in that order) and fixed values, the sampler and its
 options, the number of points, the seed, the labelling pricer with its
 version and fully resolved settings, and whether derivatives were taken. A
 second run with the same key reads the file instead of relabelling.
@@ -65,8 +66,9 @@ class SetSpec:
     derivatives: tuple[str, ...] = ()  # parameters to differentiate the price by
 
     def key(self) -> str:
-        blob = json.dumps({"format": FORMAT, **{k: (dict(v) if isinstance(v, Mapping) else v)
-                                                for k, v in self.__dict__.items()}},
+        # sort_keys loses the domain's order, yet the sampler draws its columns in that order
+        blob = json.dumps({"format": FORMAT, "domain_order": list(self.domain),
+                           **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

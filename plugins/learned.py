@@ -21,9 +21,13 @@ in training with another value, a time value below what it can invert.
 
 The root finder's ``converged`` means what it says for an iterative method:
 the answer is within ``vol_tol`` of the implied volatility. An approximator
-does not iterate, so each answer is checked by one Black-Scholes repricing:
-the Newton estimate of its error, |BS(sigma) - price| / vega(sigma), must be
-at most ``vol_tol``; answers that fail get NaN and status ``diverged``
+does not iterate, so each answer is checked by two Black-Scholes repricings:
+the price must lie between BS(sigma - vol_tol) and BS(sigma + vol_tol)
+(the intrinsic value where sigma - vol_tol <= 0), which, the price being
+increasing in the volatility, puts the implied volatility within
+``vol_tol`` of sigma. (A one-step Newton estimate |BS(sigma) - price| / vega
+is not a bound where vega changes fast: it passed answers 0.0128 off with
+``vol_tol`` = 0.01.) Answers that fail get NaN and status ``diverged``
 (``iterations`` is 0 for every option: there are none).
 """
 
@@ -157,11 +161,12 @@ class LearnedPricer(_Learned, Pricer):
 
 class LearnedRootFinder(_Learned, RootFinder):
     name = "learned"
-    version = "1"
+    version = "2"  # 2: converged is an exact bracket check, not a Newton estimate
     description = "a fitted IV-ANN (a .pbapprox file, or one fitted earlier in the run) as a root finder"
     settings = {**_Learned.settings,
-                "vol_tol": Setting(1e-3, float, "converged: the Newton estimate of the answer's error "
-                                               "|BS(sigma) - price| / vega is at most this", min=1e-12)}
+                "vol_tol": Setting(1e-3, float, "converged: the price lies between BS(sigma - vol_tol) and "
+                                               "BS(sigma + vol_tol), so the answer is within this of the implied "
+                                               "volatility", min=1e-12)}
     _target = "implied_vol"
 
     def prepare(self, inputs, device="cpu", array_backend=None):
@@ -177,13 +182,9 @@ class LearnedRootFinder(_Learned, RootFinder):
         params = {k: inputs[k] for k in ("S", "K", "T", "r", "q")}
         price = inputs["price"]
         sigma, codes, _ = self.learned_.evaluate(params, price, reasons=True)
-        err = _newton_error(sigma, price, params, self.learned_.product == "european_call")
-        if arrays.is_torch(sigma):
-            good = (err <= self.vol_tol).cpu().numpy()
-            sigma_host = sigma
-        else:
-            good = err <= self.vol_tol
-            sigma_host = sigma
+        within = _within_tol(sigma, price, params, self.learned_.product == "european_call", self.vol_tol)
+        good = within.cpu().numpy() if arrays.is_torch(within) else within
+        sigma_host = sigma
         codes = np.asarray(codes)
         status = np.where(codes == 0, np.where(good, IVStatus.CONVERGED, IVStatus.DIVERGED),
                           np.where(codes == 3, IVStatus.BELOW_LOWER_BOUND, IVStatus.INVALID_INPUT)).astype(np.int8)
@@ -198,8 +199,8 @@ class LearnedRootFinder(_Learned, RootFinder):
         return IVResult(sigma_host, converged, np.zeros(converged.size, dtype=np.int32), status)
 
 
-def _newton_error(sigma, price, p, is_call: bool):
-    """|BS(sigma) - price| / vega(sigma): one Newton step's estimate of the distance to the implied vol."""
+def _bs_price(sigma, p, is_call: bool):
+    """Black-Scholes prices at volatility ``sigma`` (> 0) on NumPy arrays or torch tensors."""
     if arrays.is_torch(sigma):
         import torch
 
@@ -213,12 +214,32 @@ def _newton_error(sigma, price, p, is_call: bool):
     d1 = (xp.log(S / K) + (r - q) * T) / vol + 0.5 * vol
     d2 = d1 - vol
     disc_s, disc_k = S * xp.exp(-q * T), K * xp.exp(-r * T)
-    model = disc_s * ndtr(d1) - disc_k * ndtr(d2) if is_call else disc_k * ndtr(-d2) - disc_s * ndtr(-d1)
-    vega = disc_s * xp.exp(-0.5 * d1 * d1) * xp.sqrt(T) / math.sqrt(2 * math.pi)
-    err = xp.abs(model - price) / vega
-    if arrays.is_torch(err):
-        return torch.nan_to_num(err, nan=math.inf)
-    return np.nan_to_num(err, nan=np.inf)
+    return disc_s * ndtr(d1) - disc_k * ndtr(d2) if is_call else disc_k * ndtr(-d2) - disc_s * ndtr(-d1)
+
+
+def _within_tol(sigma, price, p, is_call: bool, tol: float):
+    """Per answer: the implied volatility of ``price`` is within ``tol`` of ``sigma`` (False where unknown).
+
+    The price increases with the volatility, so it is exactly when BS(sigma - tol) <= price <= BS(sigma + tol),
+    BS at volatility <= 0 being the lower bound (the discounted intrinsic value).
+    """
+    from bench.features import intrinsic
+
+    xp = _torch() if arrays.is_torch(sigma) else np
+    with np.errstate(all="ignore"):
+        positive = sigma > 0  # False for NaN: no answer
+        low_vol = sigma - tol
+        safe = xp.where(positive, sigma, xp.ones_like(sigma))
+        high = _bs_price(safe + tol, p, is_call)
+        low = xp.where(low_vol > 0, _bs_price(xp.where(low_vol > 0, low_vol, safe), p, is_call),
+                       intrinsic(p["S"], p["K"], p["T"], p["r"], p["q"], is_call))
+        return positive & (low <= price) & (price <= high)
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 @hookimpl

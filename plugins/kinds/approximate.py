@@ -44,9 +44,10 @@ back), ``break_even_classical`` and ``classical`` (the same against the
 fastest ``price`` row of the run with this model and product whose accuracy
 tier is at least as good), ``arb_violations`` and ``arb_max`` (the audit:
 calls decreasing and convex in strike, puts increasing and convex, prices
-non-decreasing in maturity where that must hold (no dividends, r >= 0, or
-American), within the price bounds; on a grid of 41 strikes x 11
-maturities with the other parameters at their mid-range), ``within_2sd``
+non-decreasing in maturity where that must hold (American options, calls
+with q = 0 and r >= 0, puts with r = 0 and q >= 0), within the price
+bounds; on a grid of 41 strikes x 11 maturities with the other parameters
+at their mid-range), ``within_2sd``
 (approximators with a predictive standard deviation: the share of wide
 test points inside two of them), ``fit_info`` (the approximator's own
 account of its training, JSON).
@@ -305,7 +306,14 @@ class ApproximateKind(TaskKind):
         TT, KK = np.meshgrid(maturities, strikes, indexing="ij")
         grid = {p: np.full(TT.size, float(value(p))) for p in model.params if value(p) is not None}
         grid["K"], grid["T"] = KK.ravel(), TT.ravel()
-        return {"params": model.validate(grid), "shape": TT.shape}
+        out = {"params": model.validate(grid), "shape": TT.shape}
+        if fmap.homogeneous and "K" in fmap.fixed:
+            # trained at one strike K0 (a point at another K is refused): price (S0, K) as
+            # (K / K0) V(S0 K0 / K, K0), the same by homogeneity, so the audit sees the function's values
+            K0 = fmap.fixed["K"]
+            at = dict(grid, S=grid["S"] * K0 / grid["K"], K=np.full(TT.size, K0))
+            out["evaluate"], out["scale"] = model.validate(at), grid["K"] / K0
+        return out
 
     # ------------------------------------------------------------------ cells
     def prepare(self, method, task, data, device, registry):
@@ -335,8 +343,9 @@ class ApproximateKind(TaskKind):
         info = {"fit_s": fit_s, "saved": saved, "fit_info": dict(getattr(method, "fit_info_", {}) or {})}
         if data.extra["audit"] is not None:
             grid = data.extra["audit"]
-            values, _, _ = learned.evaluate(arrays.to_device(grid["params"], device))
-            info["audit"] = arbitrage_audit(task.product, grid["params"], arrays.to_numpy(values), grid["shape"])
+            values, _, _ = learned.evaluate(arrays.to_device(grid.get("evaluate", grid["params"]), device))
+            values = arrays.to_numpy(values) * grid.get("scale", 1.0)
+            info["audit"] = arbitrage_audit(task.product, grid["params"], values, grid["shape"])
         if getattr(method, "has_std", False):
             wide = data.extra["parts"][0][1]
             _, _, std = learned.evaluate(params, price, with_std=True)
@@ -470,8 +479,9 @@ def arbitrage_audit(product: str, params: Mapping[str, np.ndarray], prices: np.n
     """Violations of static no-arbitrage on a (maturities x strikes) grid of prices (strikes ascending).
 
     Checks: calls non-increasing and puts non-decreasing in strike, convex in strike, non-decreasing in
-    maturity (only where that must hold: American options, or no dividend yield and r >= 0), and within
-    the price bounds. A violation smaller than ``AUDIT_TOL`` times (S + K) is rounding, not counted.
+    maturity (only where that must hold: American options, European calls with q = 0 and r >= 0, European
+    puts with r = 0 and q >= 0; a deep in-the-money European put loses value with maturity when r > 0),
+    and within the price bounds. A violation smaller than ``AUDIT_TOL`` times (S + K) is rounding, not counted.
     Points the approximator did not price (NaN) are not audited. Returns the count, the largest size and
     the count of each kind.
     """
@@ -487,7 +497,9 @@ def arbitrage_audit(product: str, params: Mapping[str, np.ndarray], prices: np.n
     dK = np.diff(K, axis=1)
     gradient = slope / dK
     sizes["strike convexity"] = -np.diff(gradient, axis=1) * 0.5 * (dK[:, 1:] + dK[:, :-1])
-    if P.shape[0] > 1 and (american or (np.all(q == 0) and np.all(r >= 0))):
+    # calls: the American call equals the European one when q = 0 (and r >= 0); puts by put-call symmetry
+    monotone = (np.all(q == 0) and np.all(r >= 0)) if call else (np.all(r == 0) and np.all(q >= 0))
+    if P.shape[0] > 1 and (american or monotone):
         sizes["calendar"] = -np.diff(P, axis=0)
     disc_s, disc_k = S * np.exp(-q * T), K * np.exp(-r * T)
     if call:
