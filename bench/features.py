@@ -94,7 +94,7 @@ class FeatureMap:
     squash: bool
     min_time_value: float
     varying: list[str]  # the model parameters that vary in the training domain, in order
-    fixed: dict[str, float]  # parameters held constant in training (a point must match them)
+    fixed: dict[str, float]  # parameters held constant in training (a point must match them; not S, K if homogeneous)
     domain: dict[str, list[float]] = field(default_factory=dict)  # the training ranges of the varying ones
     names: list[str] = field(default_factory=list)  # feature names, in column order
     x_mean: list[float] = field(default_factory=list)
@@ -272,7 +272,11 @@ class FeatureMap:
         return ((X >= low - pad) & (X <= high + pad)).all(axis=1)
 
     def fixed_ok(self, params: Mapping[str, Any], like: Any) -> Any:
-        """Per point: every parameter held constant in training has that value here (a mask like ``like``'s rows)."""
+        """Per point: every parameter held constant in training has that value here (a mask like ``like``'s rows).
+
+        With homogeneous features S and K enter only as S/K (prices scale with them), so a value of S or K
+        fixed in training does not restrict them: the training box of S/K does.
+        """
         if arrays.is_torch(like):
             import torch
 
@@ -280,6 +284,8 @@ class FeatureMap:
         else:
             ok = np.ones(like.shape[0], dtype=bool)
         for name, value in self.fixed.items():
+            if self.homogeneous and name in ("S", "K"):
+                continue
             if name in params:
                 ok = ok & (abs(params[name] - value) <= 1e-12 * max(1.0, abs(value)))
         return ok

@@ -205,7 +205,7 @@ def test_bench_price_with_a_learned_function(bs_ann):
     ({"S": 1.7}, OUTSIDE),  # S/K above 1.6
     ({"T": 1.5}, OUTSIDE),
     ({"sigma": 0.01}, OUTSIDE),
-    ({"K": 2.0, "S": 2.0}, FIXED_OTHER),  # S/K = 1 is inside, but training held K = 1
+    ({"K": 2.0, "S": 4.0}, OUTSIDE),  # S/K = 2
     ({"q": 0.02}, FIXED_OTHER),
 ])
 def test_a_learned_pricer_does_not_extrapolate(bs_ann, point, reason):
@@ -221,6 +221,18 @@ def test_a_learned_pricer_does_not_extrapolate(bs_ann, point, reason):
     out = pricer.price(pricer.prepare(model, "european_call", params))
     assert isinstance(out, PriceResult) and list(out.reason) == ["", reason]
     assert np.isnan(out.price[1]) and out.price[0] == values[0]
+
+
+def test_homogeneous_features_price_any_strike_by_scaling(bs_ann):
+    """Trained at K = 1 on S/K: a point at K = 2 is the same function scaled (V(S, K) = K V(S/K, 1))."""
+    f = load_approximator(bs_ann)
+    p = uniform_points(INSIDE, 500, seed=2)
+    at_one = bench.price(f, model="black_scholes", product="european_call", K=1.0, q=0.0, **p)
+    scaled = bench.price(f, model="black_scholes", product="european_call", K=2.0, q=0.0,
+                         **{**p, "S": 2.0 * p["S"]})
+    assert np.isfinite(scaled).all()
+    np.testing.assert_allclose(scaled, 2.0 * at_one, rtol=1e-12, atol=0)
+    assert np.max(np.abs(scaled - bs(2.0 * p["S"], 2.0, p["T"], p["r"], p["sigma"]))) < 0.06
 
 
 def test_bench_implied_vol_with_a_learned_function(iv_ann):
