@@ -367,6 +367,7 @@ class IVStatus(enum.IntEnum):
     NO_BRACKET = 4
     DIVERGED = 5
     INVALID_INPUT = 6
+    OUTSIDE_DOMAIN = 7
 
     @property
     def reason(self) -> str:
@@ -381,6 +382,7 @@ _IV_REASONS = {
     IVStatus.NO_BRACKET: "no sign change inside the bracket",
     IVStatus.DIVERGED: "iterate left the admissible region (non-positive, non-finite or zero vega)",
     IVStatus.INVALID_INPUT: "non-finite input, or S, K or T not positive",
+    IVStatus.OUTSIDE_DOMAIN: "outside the domain the method covers (a learned function's training domain)",
 }
 
 

@@ -187,7 +187,9 @@ class LearnedRootFinder(_Learned, RootFinder):
         sigma_host = sigma
         codes = np.asarray(codes)
         status = np.where(codes == 0, np.where(good, IVStatus.CONVERGED, IVStatus.DIVERGED),
-                          np.where(codes == 3, IVStatus.BELOW_LOWER_BOUND, IVStatus.INVALID_INPUT)).astype(np.int8)
+                          np.where(codes == 3, IVStatus.BELOW_LOWER_BOUND,
+                                   np.where(np.isin(codes, (1, 2)), IVStatus.OUTSIDE_DOMAIN,
+                                            IVStatus.INVALID_INPUT))).astype(np.int8)
         converged = status == IVStatus.CONVERGED
         if arrays.is_torch(sigma_host):
             import torch

@@ -252,7 +252,8 @@ def test_bench_implied_vol_with_a_learned_function(iv_ann):
     _, codes, _ = f.evaluate({"S": S, "K": np.ones(5), "T": T, "r": np.asarray(r), "q": np.zeros(5)}, prices,
                              reasons=True)
     assert [f.reason_text(c) for c in codes[1:]] == [OUTSIDE, OUTSIDE, FIXED_OTHER, NO_FEATURE]
-    assert res.status[4] == IVStatus.BELOW_LOWER_BOUND
+    assert list(res.status[1:]) == [IVStatus.OUTSIDE_DOMAIN] * 3 + [IVStatus.BELOW_LOWER_BOUND]
+    assert "training domain" in res.reasons[1]
     # a price target is not an implied volatility, and the other way round
     with pytest.raises(ValueError, match="not 'price'"):
         bench.price(f, model="black_scholes", product="european_call", S=1.0, K=1.0, T=0.5, r=0.05, sigma=0.2)
