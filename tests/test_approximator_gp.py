@@ -70,6 +70,21 @@ def test_predict_accepts_numpy_and_prepared_tensor(fitted, data):
     assert np.array_equal(fitted.predict(prepared), fitted.predict(Xt))
 
 
+def test_exact_mean_equals_gpytorchs_posterior_mean(fitted, data, monkeypatch):
+    """The exact GP's mean is computed in row blocks from gpytorch's mean cache; gpytorch's own call agrees."""
+    import gpytorch
+
+    from pricebench_plugins.approximators import gp
+
+    _, _, Xt = data
+    x = fitted.prepare(Xt)
+    monkeypatch.setattr(gp, "MEAN_BLOCK_ENTRIES", 200 * 7)  # blocks of 7 rows: the concatenation is tested
+    ours = fitted.predict(x)
+    with torch.no_grad(), gpytorch.settings.max_cholesky_size(10**6):
+        theirs = fitted.model_(x).mean.double().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
 def test_matern_kernel(data):
     X, y, Xt = data
     gp = GaussianProcess(kernel="matern", nu=1.5, iterations=60).fit(X, y)
