@@ -85,6 +85,23 @@ def test_exact_mean_equals_gpytorchs_posterior_mean(fitted, data, monkeypatch):
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_variational_mean_equals_gpytorchs_predictive_mean(data, dtype, tol):
+    """The variational mean K(x, Z) L^-T m + mean(x) from cached weights; gpytorch's own call agrees."""
+    X, y, Xt = data
+    gp = GaussianProcess(method="variational", inducing=50, epochs=5, seed=0, dtype=dtype).fit(X, y)
+    x = gp.prepare(Xt)
+    ours = gp.predict(x)
+    with torch.no_grad():
+        theirs = gp.model_(x).mean.double().numpy()
+    assert np.max(np.abs(ours - theirs)) <= tol * np.max(np.abs(theirs))
+    # after a pickle round trip (the cached weights are not pickled) and a second fit, still the model's mean
+    again = pickle.loads(pickle.dumps(gp))
+    np.testing.assert_array_equal(again.predict(Xt), gp.predict(Xt))
+    gp.fit(X, -y)
+    assert np.max(np.abs(gp.predict(Xt) + ours)) < 0.5 * np.max(np.abs(ours))
+
+
 def test_matern_kernel(data):
     X, y, Xt = data
     gp = GaussianProcess(kernel="matern", nu=1.5, iterations=60).fit(X, y)

@@ -228,6 +228,7 @@ class GaussianProcess(Approximator):
 
     def _reset_caches(self) -> None:
         """Drop gpytorch's prediction caches (they are rebuilt on the next prediction)."""
+        self._weights = None
         self.model_.train()
         self.likelihood_.train()
         self.model_.eval()
@@ -272,6 +273,7 @@ class GaussianProcess(Approximator):
             self.model_.eval()
             self.likelihood_.eval()
         self.method_ = method
+        self._weights = None
         info = {"method": method, "n_train": n, "n_features": d, **info,
                 **self._hyperparameters(), "fit_seconds": round(time.perf_counter() - start, 6)}
         if X_val is not None:
@@ -350,18 +352,46 @@ class GaussianProcess(Approximator):
 
         with torch.no_grad(), gpytorch.settings.fast_pred_var(), \
                 gpytorch.settings.skip_posterior_variances(), _inference_settings():
-            if getattr(self, "method_", None) != "exact":
-                return self.model_(x).mean
-            # gpytorch's ExactGP call builds the joint (train + test) kernel lazily and evaluates all of it,
-            # test-test block included: O((n + m)^2) per call. The posterior mean needs only
-            # m(x) + K(x, X_train) @ mean_cache, computed here in row blocks (bounded memory)
+            # gpytorch's calls build the joint kernel of the training (or inducing) points and the test points
+            # lazily and evaluate all of it, test-test block included: O((n + m)^2) per call. The posterior
+            # mean needs only mean(x) + K(x, points) @ weights, computed here in row blocks (bounded memory)
+            points, weights = self._mean_weights()
+            rows = max(1, MEAN_BLOCK_ENTRIES // max(points.shape[0], 1))
+            # the product in float64 (as gpytorch's own solve is): float32 kernels lose a few digits here
+            return torch.cat([self.model_.mean_module(block) + (self.model_.covar_module(block, points).to_dense()
+                              .double() @ weights).to(x.dtype) for block in x.split(rows)])
+
+    def _mean_weights(self):
+        """(points, weights) of the posterior mean, cached until the model moves.
+
+        Exact GP: the training inputs and gpytorch's ``mean_cache``, (K + noise)^-1 (y - mean). Variational
+        (whitened ``VariationalStrategy``): the inducing points Z and L^-T m, L the Cholesky factor of
+        K(Z, Z) + jitter (in float64, as gpytorch takes it) and m the variational mean; gpytorch's predictive
+        mean is K(x, Z) L^-T m + mean(x).
+        """
+        cached = getattr(self, "_weights", None)
+        if cached is not None:
+            return cached
+        gpytorch = _gpytorch()
+        import torch
+
+        if self.method_ == "exact":
             if getattr(self.model_, "prediction_strategy", None) is None:
-                self.model_(x[:1])  # builds the prediction strategy and its mean cache
-            cache = self.model_.prediction_strategy.mean_cache
-            train = self.model_.train_inputs[0]
-            rows = max(1, MEAN_BLOCK_ENTRIES // max(train.shape[0], 1))
-            return torch.cat([self.model_.mean_module(block) + self.model_.covar_module(block, train).to_dense() @ cache
-                              for block in x.split(rows)])
+                self.model_(self.model_.train_inputs[0][:1])  # builds the prediction strategy and its mean cache
+            cached = (self.model_.train_inputs[0], self.model_.prediction_strategy.mean_cache.double())
+        else:
+            strategy = self.model_.variational_strategy
+            Z = strategy.inducing_points
+            jitter = strategy.jitter_val
+            if jitter is None:
+                jitter = gpytorch.settings.variational_cholesky_jitter.value(Z.dtype)
+            Kzz = self.model_.covar_module(Z).to_dense().double()
+            Kzz = Kzz + jitter * torch.eye(Kzz.shape[0], dtype=Kzz.dtype, device=Kzz.device)
+            L = torch.linalg.cholesky(Kzz)
+            m = strategy.variational_distribution.mean.double().unsqueeze(-1)
+            cached = (Z, torch.linalg.solve_triangular(L.mT, m, upper=True).squeeze(-1))
+        self._weights = cached
+        return cached
 
     def prepare(self, X, device="cpu"):
         """Move the model and ``X`` to ``device`` (torch tensors) and build gpytorch's prediction caches."""
@@ -409,6 +439,7 @@ class GaussianProcess(Approximator):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
+        state.pop("_weights", None)  # rebuilt from the model on the next prediction
         model = state.pop("model_", None)
         likelihood = state.pop("likelihood_", None)
         if model is not None:
