@@ -522,6 +522,22 @@ def check_training_arrays(X: Any, y: Any, dydX: Any = None, name: str = "X") -> 
     return np.ascontiguousarray(X), y
 
 
+def check_fit_arrays(X: Any, y: Any, X_val: Any = None, y_val: Any = None, dydX: Any = None):
+    """What every ``Approximator.fit`` checks first: ``(X, y, X_val, y_val)`` as float64 arrays.
+
+    The training set by :func:`check_training_arrays`; the validation set given whole or not at all,
+    with as many columns as ``X``. ValueError naming the argument at fault.
+    """
+    X, y = check_training_arrays(X, y, dydX, "X")
+    if (X_val is None) != (y_val is None):
+        raise ValueError("X_val and y_val must be given together")
+    if X_val is not None:
+        X_val, y_val = check_training_arrays(X_val, y_val, name="X_val")
+        if X_val.shape[1] != X.shape[1]:
+            raise ValueError(f"X_val has {X_val.shape[1]} columns but X has {X.shape[1]}")
+    return X, y, X_val, y_val
+
+
 # --------------------------------------------------------------------------- metrics
 
 

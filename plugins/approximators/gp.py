@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from bench import hookimpl
-from bench.methods import Approximator, Setting, SettingError, check_training_arrays
+from bench.methods import Approximator, Setting, SettingError, check_fit_arrays
 
 __version__ = "1"
 
@@ -237,13 +237,7 @@ class GaussianProcess(Approximator):
     # ------------------------------------------------------------------ fit
 
     def fit(self, X, y, *, X_val=None, y_val=None, dydX=None, device="cpu") -> "GaussianProcess":
-        X, y = check_training_arrays(X, y)
-        if (X_val is None) != (y_val is None):
-            raise ValueError("X_val and y_val must be given together")
-        if X_val is not None:
-            X_val, y_val = check_training_arrays(X_val, y_val, name="X_val")
-            if X_val.shape[1] != X.shape[1]:
-                raise ValueError(f"X_val has {X_val.shape[1]} columns but X has {X.shape[1]}")
+        X, y, X_val, y_val = check_fit_arrays(X, y, X_val, y_val)
         self.check_device(device)
         n, d = X.shape
         method = self.method

@@ -87,7 +87,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from bench import hookimpl
-from bench.methods import Approximator, Setting, check_training_arrays
+from bench.methods import Approximator, Setting, check_fit_arrays
 
 __version__ = "1"
 
@@ -234,7 +234,7 @@ class MLP(Approximator):
     def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
             dydX: np.ndarray | None = None, device: str = "cpu") -> "MLP":
         self.check_device(device)
-        X, y = check_training_arrays(X, y, dydX, "X")
+        X, y, X_val, y_val = check_fit_arrays(X, y, X_val, y_val, dydX)
         n, d = X.shape
         use_derivs = self.differential > 0
         if use_derivs:
@@ -244,12 +244,6 @@ class MLP(Approximator):
             dydX = np.asarray(dydX, dtype=np.float64)
             if not np.all(np.isfinite(dydX)):
                 raise ValueError("dydX contains NaN or inf")
-        if (X_val is None) != (y_val is None):
-            raise ValueError("X_val and y_val must be given together")
-        if X_val is not None:
-            X_val, y_val = check_training_arrays(X_val, y_val, None, "X_val")
-            if X_val.shape[1] != d:
-                raise ValueError(f"X_val has {X_val.shape[1]} columns but X has {d}")
 
         torch = _torch()
         dtype = _dtype(self.dtype)

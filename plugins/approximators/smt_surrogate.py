@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from bench import hookimpl
-from bench.methods import Approximator, Setting, check_training_arrays
+from bench.methods import Approximator, Setting, check_fit_arrays
 
 __version__ = "1"
 
@@ -104,13 +104,7 @@ class SMTSurrogate(Approximator):
         return options
 
     def fit(self, X, y, *, X_val=None, y_val=None, dydX=None, device="cpu") -> "SMTSurrogate":
-        X, y = check_training_arrays(X, y)
-        if (X_val is None) != (y_val is None):
-            raise ValueError("X_val and y_val must be given together")
-        if X_val is not None:
-            X_val, y_val = check_training_arrays(X_val, y_val, name="X_val")
-            if X_val.shape[1] != X.shape[1]:
-                raise ValueError(f"X_val has {X_val.shape[1]} columns but X has {X.shape[1]}")
+        X, y, X_val, y_val = check_fit_arrays(X, y, X_val, y_val)
         self.check_device(device)
         n, d = X.shape
         needed = {"LS": d + 1, "QP": (d + 1) * (d + 2) // 2}.get(self.surrogate, 2)
