@@ -72,6 +72,19 @@ def test_fits_smooth_function(basis, data):
     assert all(isinstance(v, (int, float, str)) for v in info.values())
 
 
+@pytest.mark.parametrize("basis", ["chebyshev", "polynomial"])
+def test_predict_in_blocks_equals_the_whole_design(basis):
+    """predict works in row blocks; across block boundaries it is the design matrix times the coefficients."""
+    from pricebench_plugins.approximators import least_squares
+
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, (least_squares.PREDICT_BLOCK * 2 + 37, 3))
+    model = LeastSquares(basis=basis, degree=5).fit(X, np.exp(X[:, 0]) * np.cos(X[:, 1]) + X[:, 2])
+    design = (model.poly_.transform(X) if basis == "polynomial"
+              else least_squares.chebyshev_basis((X - model.center_) * model.scale_, model.indices_, 5))
+    np.testing.assert_allclose(model.predict(X), design @ model.coef_ + model.intercept_, rtol=1e-13, atol=1e-13)
+
+
 def test_chebyshev_maps_with_training_min_max(data):
     X, _ = data
     model = LeastSquares(basis="chebyshev", degree=2).fit(X, f(X))
