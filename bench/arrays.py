@@ -48,11 +48,18 @@ def to_device(values: Mapping[str, Any], device: str, backend: str | None = None
     """Copy a dict of arrays to ``device``.
 
     ``backend`` is ``"numpy"`` or ``"torch"``; by default NumPy on the CPU
-    and torch on CUDA. Floats become float64, booleans stay booleans.
+    and torch on CUDA. Floats become float64, booleans stay booleans; torch
+    tensors given to the torch back end are moved, not copied through NumPy,
+    so gradients flow through.
     """
     backend = backend or ("torch" if device != "cpu" else "numpy")
     out = {}
     for key, value in values.items():
+        if backend == "torch" and is_torch(value):
+            # a tensor stays a tensor (and in autograd's graph): only its device and dtype may change
+            out[key] = value.to(device=device, dtype=value.dtype if value.dtype == _torch().bool
+                                else _torch().float64)
+            continue
         arr = np.ascontiguousarray(value)
         if arr.dtype != np.bool_:
             arr = arr.astype(np.float64, copy=False)

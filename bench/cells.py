@@ -53,22 +53,25 @@ def cell_key(task: "Task", seed_entropy: str, method: str, version: str, setting
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+STEM_LENGTH = 64  # characters of a stem: room for ".<device>.<artifact name>" within a file name's 100
+
+
 def cell_stems(task: "Task") -> dict[int, str]:
     """What each method configuration's artifact files are named after, by its index in ``task.methods``:
-    its label if the suite gives one, else its name when no other configuration of the task has that
-    name, else name and a hash of its settings. A ``fitted = "task/<stem>"`` reference names one."""
+    its label if the suite gives one, else its name, made safe for a file name and cut to ``STEM_LENGTH``;
+    where that leaves two configurations of the task one stem (a name or label shared by a sweep, or two
+    labels that differ only in characters a file name cannot hold), each of them gets a hash of its
+    settings appended. A ``fitted = "task/<stem>"`` reference names one."""
     from bench.atomic import safe_name
 
-    names = [spec.name for spec in task.methods]
+    base = [safe_name(spec.label or spec.name)[:STEM_LENGTH] for spec in task.methods]
     stems = {}
     for i, spec in enumerate(task.methods):
-        if spec.label:
-            stems[i] = safe_name(spec.label)
-        elif names.count(spec.name) == 1:
-            stems[i] = spec.name
+        if base.count(base[i]) == 1:
+            stems[i] = base[i]
         else:
-            digest = hashlib.sha256(settings_json(spec.settings).encode()).hexdigest()[:8]
-            stems[i] = f"{spec.name}-{digest}"
+            digest = hashlib.sha256(f"{spec.name}:{spec.label}:{settings_json(spec.settings)}".encode()).hexdigest()
+            stems[i] = f"{base[i][:STEM_LENGTH - 9]}-{digest[:8]}"
     return stems
 
 

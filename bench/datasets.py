@@ -77,9 +77,10 @@ class SetSpec:
 class LabelledSet:
     params: dict[str, np.ndarray]
     labels: np.ndarray  # NaN where the labelling pricer could not price a point
-    label_s: float  # seconds the labelling took when it was done (also for a cached set)
+    label_s: float  # seconds the labelling of the values took when it was done (also for a cached set)
     gradients: dict[str, np.ndarray] = field(default_factory=dict)  # d label / d parameter
     derivatives: str = ""  # how the gradients were taken
+    derivative_s: float = 0.0  # seconds the gradients took, beside label_s
     cached: bool = False  # read from the cache this time
     key: str = ""
     note: str = ""
@@ -166,7 +167,9 @@ def label(spec: SetSpec, params: Mapping[str, np.ndarray], registry: "Registry",
     pricer = cls(**settings)
     t0 = time.perf_counter()
     labels = _batched(pricer, model, spec.product, params, batch)
+    label_s = time.perf_counter() - t0
     gradients, how = {}, ""
+    t0 = time.perf_counter()
     if spec.derivatives:
         gradients = _autograd(cls, settings, model, spec.product, params, spec.derivatives, batch)
         how = f"torch autograd through {spec.pricer}'s torch back end"
@@ -174,7 +177,8 @@ def label(spec: SetSpec, params: Mapping[str, np.ndarray], registry: "Registry",
             gradients = _finite_differences(pricer, model, spec.product, params, spec.derivatives, spec.domain,
                                             batch)
             how = f"central finite differences, step {FD_STEP:g} x the parameter's range"
-    return LabelledSet(dict(params), labels, time.perf_counter() - t0, gradients, how)
+    return LabelledSet(dict(params), labels, label_s, gradients, how,
+                       time.perf_counter() - t0 if spec.derivatives else 0.0)
 
 
 def sample_set(spec: SetSpec, seq: np.random.SeedSequence, registry: "Registry") -> dict[str, np.ndarray]:
@@ -210,6 +214,7 @@ def labelled_set(spec: SetSpec, seq: np.random.SeedSequence, registry: "Registry
 
 def _write(path: Path, key: str, spec: SetSpec, data: LabelledSet) -> None:
     meta = {"key": key, "format": FORMAT, "label_s": data.label_s, "derivatives": data.derivatives,
+            "derivative_s": data.derivative_s,
             "spec": json.loads(json.dumps(spec.__dict__, default=lambda v: dict(v) if isinstance(v, Mapping)
                                           else str(v)))}
     arrays = {f"param:{k}": v for k, v in data.params.items()}
@@ -232,4 +237,5 @@ def _read(path: Path, key: str) -> LabelledSet:
         labels = npz["labels"]
     if any(v.shape != labels.shape for v in (*params.values(), *grads.values())):
         raise ValueError("arrays of different lengths")
-    return LabelledSet(params, labels, float(meta["label_s"]), grads, meta.get("derivatives", ""), key=key)
+    return LabelledSet(params, labels, float(meta["label_s"]), grads, meta.get("derivatives", ""),
+                       float(meta.get("derivative_s", 0.0)), key=key)

@@ -275,7 +275,8 @@ class FeatureMap:
         """Per point: every parameter held constant in training has that value here (a mask like ``like``'s rows).
 
         With homogeneous features S and K enter only as S/K (prices scale with them), so a value of S or K
-        fixed in training does not restrict them: the training box of S/K does.
+        fixed in training does not restrict them: the training box of S/K does, or, where both were
+        fixed, the one value of S/K.
         """
         if arrays.is_torch(like):
             import torch
@@ -288,6 +289,10 @@ class FeatureMap:
                 continue
             if name in params:
                 ok = ok & (abs(params[name] - value) <= 1e-12 * max(1.0, abs(value)))
+        if self.homogeneous and "S/K" not in self.names and "S" in params and "K" in params:
+            # S and K both fixed in training: S/K is no feature, and its one value must hold
+            moneyness = self.fixed["S"] / self.fixed["K"]
+            ok = ok & (abs(params["S"] / params["K"] - moneyness) <= 1e-12 * max(1.0, moneyness))
         return ok
 
     def as_dict(self) -> dict[str, Any]:

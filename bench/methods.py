@@ -368,6 +368,7 @@ class IVStatus(enum.IntEnum):
     DIVERGED = 5
     INVALID_INPUT = 6
     OUTSIDE_DOMAIN = 7
+    INACCURATE = 8
 
     @property
     def reason(self) -> str:
@@ -383,6 +384,8 @@ _IV_REASONS = {
     IVStatus.DIVERGED: "iterate left the admissible region (non-positive, non-finite or zero vega)",
     IVStatus.INVALID_INPUT: "non-finite input, or S, K or T not positive",
     IVStatus.OUTSIDE_DOMAIN: "outside the domain the method covers (a learned function's training domain)",
+    IVStatus.INACCURATE: "the answer failed the method's accuracy check (not within its tolerance of the implied "
+                         "volatility)",
 }
 
 

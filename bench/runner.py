@@ -165,7 +165,8 @@ class Runner:
         self.executor_options = dict(executor_options or {})
         self.save_outputs = save_outputs
         self.resume = Path(resume) if resume is not None else None
-        # labelled training data and the like: --cache-dir, else <out>/cache, else not cached
+        # labelled training data and the like: --cache-dir, else the resumed run's, else <out>/cache, else none
+        self._cache_given = cache_dir is not None
         if cache_dir is None and self.out_dir is not None:
             cache_dir = self.out_dir / "cache"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -329,6 +330,8 @@ class Runner:
             store.lock_and_repair()
         except StoreError as exc:
             raise SuiteError(self.resume, f"--resume: {exc}") from None
+        if not self._cache_given and meta.get("cache_dir"):
+            self.cache_dir = Path(meta["cache_dir"])  # the cache the run labelled into
         ours = {task.name: seeds_text(self.task_seeds(suite, task)) for task, _ in self.plan(suite)}
         theirs = meta.get("task_seeds", {})
         changed = sorted(name for name in ours.keys() & theirs.keys() if ours[name] != theirs[name])
@@ -371,6 +374,7 @@ class Runner:
             "seed": self.seed if self.seed is not None else suite.seed,
             "threads": self.threads_for(suite),
             "filters": {"tasks": self.task_patterns, "methods": self.method_patterns, "device": self.device},
+            "cache_dir": str(self.cache_dir.resolve()) if self.cache_dir is not None else None,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "finished": None,
             "machine": environment.describe() | {"host": environment.host_name()},

@@ -61,7 +61,8 @@ TASK_KEYS = {
     "min_time": float,
 }
 METHOD_KEYS = {"name": str, "settings": dict, "devices": list, "label": str}
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "an array", dict: "a table"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "an array",
+               dict: "a table"}
 
 
 class SuiteError(ValueError):
@@ -330,6 +331,7 @@ class ParseContext:
     domain: dict[str, tuple[float, float]]
     devices: tuple[str, ...]
     earlier: dict[str, "Task"] = field(default_factory=dict)  # the tasks before this one, by name
+    options: dict[str, Any] = field(default_factory=dict)  # what the kind's parse returned (for check_method)
 
     def error(self, message: str, key: str | None = None) -> SuiteError:
         return SuiteError(self.path, message, self.task, key)
@@ -466,6 +468,7 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
     devices = _devices(td["devices"], path, label, "devices") if "devices" in td else defaults["devices"]
     ctx = ParseContext(path, label, registry, model, product, fixed, domain, devices, dict(earlier or {}))
     options = kind.parse(td, ctx)
+    ctx.options = dict(options)
     methods: list[MethodSpec] = []
     if not isinstance(td["methods"], list) or not td["methods"]:
         raise SuiteError(path, "must list at least one method", label, "methods")

@@ -27,7 +27,7 @@ the price must lie between BS(sigma - vol_tol) and BS(sigma + vol_tol)
 increasing in the volatility, puts the implied volatility within
 ``vol_tol`` of sigma. (A one-step Newton estimate |BS(sigma) - price| / vega
 is not a bound where vega changes fast: it passed answers 0.0128 off with
-``vol_tol`` = 0.01.) Answers that fail get NaN and status ``diverged``
+``vol_tol`` = 0.01.) Answers that fail get NaN and status ``inaccurate``
 (``iterations`` is 0 for every option: there are none).
 """
 
@@ -41,6 +41,7 @@ import numpy as np
 from bench import arrays, artifacts, hookimpl
 from bench.approximators import LearnedFunction, from_bytes, load_approximator
 from bench.cells import cell_stems
+from bench.features import intrinsic
 from bench.methods import IVResult, IVStatus, Pricer, RootFinder, Setting, SettingError
 
 _PATH = Setting("", str, "a .pbapprox file saved by a run or by bench.save_approximator")
@@ -186,8 +187,15 @@ class LearnedRootFinder(_Learned, RootFinder):
         good = within.cpu().numpy() if arrays.is_torch(within) else within
         sigma_host = sigma
         codes = np.asarray(codes)
-        status = np.where(codes == 0, np.where(good, IVStatus.CONVERGED, IVStatus.DIVERGED),
-                          np.where(codes == 3, IVStatus.BELOW_LOWER_BOUND,
+        # code 3 (no feature): a price that is not a finite number, one at or below the intrinsic value, or
+        # one whose time value is too small for the squash to invert
+        host = {k: arrays.to_numpy(v) for k, v in (*params.items(), ("price", price))}
+        floor = intrinsic(host["S"], host["K"], host["T"], host["r"], host["q"],
+                          self.learned_.product == "european_call")
+        no_feature = np.where(~np.isfinite(host["price"]), IVStatus.INVALID_INPUT,
+                              np.where(host["price"] <= floor, IVStatus.BELOW_LOWER_BOUND, IVStatus.OUTSIDE_DOMAIN))
+        status = np.where(codes == 0, np.where(good, IVStatus.CONVERGED, IVStatus.INACCURATE),
+                          np.where(codes == 3, no_feature,
                                    np.where(np.isin(codes, (1, 2)), IVStatus.OUTSIDE_DOMAIN,
                                             IVStatus.INVALID_INPUT))).astype(np.int8)
         converged = status == IVStatus.CONVERGED
@@ -225,8 +233,6 @@ def _within_tol(sigma, price, p, is_call: bool, tol: float):
     The price increases with the volatility, so it is exactly when BS(sigma - tol) <= price <= BS(sigma + tol),
     BS at volatility <= 0 being the lower bound (the discounted intrinsic value).
     """
-    from bench.features import intrinsic
-
     xp = _torch() if arrays.is_torch(sigma) else np
     with np.errstate(all="ignore"):
         positive = sigma > 0  # False for NaN: no answer

@@ -85,6 +85,16 @@ def test_exact_mean_equals_gpytorchs_posterior_mean(fitted, data, monkeypatch):
     np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
 
 
+def test_predict_std_in_row_blocks_is_the_same(fitted, data, monkeypatch):
+    """predict_std runs in row blocks (gpytorch builds a joint kernel per call): bounded memory, same values."""
+    from pricebench_plugins.approximators import gp
+
+    _, _, Xt = data
+    whole = fitted.predict_std(Xt)
+    monkeypatch.setattr(gp, "STD_BLOCK", 7)
+    np.testing.assert_allclose(fitted.predict_std(Xt), whole, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-9), ("float32", 1e-4)])
 def test_variational_mean_equals_gpytorchs_predictive_mean(data, dtype, tol):
     """The variational mean K(x, Z) L^-T m + mean(x) from cached weights; gpytorch's own call agrees."""

@@ -26,8 +26,9 @@ Suite keys (besides the common ones; ``n`` is the training set size):
   are scored (the leaderboard's metric columns are the wide set's,
   ``narrow_*`` the narrow set's);
 - ``noise``: standard deviation of Gaussian noise added to the training and
-  validation labels (seed 000's experiment), in the label's units (price,
-  or volatility); test labels stay clean;
+  validation labels (seed 000's experiment), in the label's units: the
+  price for a price target, the volatility for an implied_vol target (the
+  price, an input there, stays clean); test labels stay clean;
 - ``audit`` (default true for option prices): the no-arbitrage audit.
 
 Validation and test points come from the task's sampler (``uniform`` where
@@ -35,14 +36,19 @@ the task samples a ``grid``: a test set on the training grid would test
 nothing). Labelled sets are cached (see :mod:`bench.datasets`).
 
 Columns beyond the pricer metrics: ``narrow_*``; ``label_s`` (seconds the
-labelling took, also when read from the cache), ``label_price_s`` (seconds
-per labelled price), ``fit_s`` (the fit, timed once), ``n_train``,
+labelling of the training and validation values took, also when read from
+the cache), ``label_price_s`` (seconds per labelled price),
+``derivative_s`` (seconds the derivative labels took, for configurations
+that train on them; else 0), ``fit_s`` (the fit, timed once), ``n_train``,
 ``break_even`` (prices the approximator must serve before labelling plus
-fitting are paid back against the labelling pricer: (label_s + fit_s) /
-(label_price_s - predict seconds per price); ``inf`` when it is never paid
-back), ``break_even_classical`` and ``classical`` (the same against the
-fastest ``price`` row of the run with this model and product whose accuracy
-tier is at least as good), ``arb_violations`` and ``arb_max`` (the audit:
+fitting are paid back against the labelling pricer: (label_s +
+derivative_s + fit_s) / (label_price_s - predict seconds per price);
+``inf`` when it is never paid back), ``break_even_classical`` and
+``classical`` (the same against the fastest method of the run that the
+approximator stands in for: a ``price`` row (``implied_vol`` row for an
+implied-volatility target) with the same model, product and device, whose
+accuracy tier is at least as good, learned methods excluded),
+``arb_violations`` and ``arb_max`` (the audit:
 calls decreasing and convex in strike, puts increasing and convex, prices
 non-decreasing in maturity where that must hold (American options, calls
 with q = 0 and r >= 0, puts with r = 0 and q >= 0), within the price
@@ -83,6 +89,8 @@ OPTIONS = ("european_call", "european_put", "american_call", "american_put")
 # seed-sequence roles of the sets (children of the task's sequence)
 ROLES = {"train": 101, "validation": 102, "test": 103, "narrow": 104, "noise": 105}
 AUDIT_STRIKES, AUDIT_MATURITIES = 41, 11
+# methods that serve a fitted approximator: never the classical method an approximator is compared with
+LEARNED_METHODS = ("learned",)
 # a violation smaller than this times (S + K) is floating-point noise, not arbitrage
 AUDIT_TOL = 1e-10
 
@@ -163,6 +171,9 @@ class ApproximateKind(TaskKind):
             if not getattr(cls, "uses_derivatives", False):
                 raise ctx.error(f"approximator {spec.name!r} asks for derivative labels but does not train on "
                                 "them", key)
+            if ctx.options.get("target") != "price":
+                raise ctx.error("differential training needs derivative labels of a price target; this task's "
+                                f"target is {ctx.options.get('target')!r}", key)
 
     def reference_spec(self, task):
         return task.options["reference"] or task.options["pricer"]
@@ -233,6 +244,7 @@ class ApproximateKind(TaskKind):
         reference_values = np.concatenate(reference_values)
         extra = {
             "fmap": fmap, "parts": parts, "label_s": train.label_s + (val.label_s if val else 0.0),
+            "derivative_s": train.derivative_s,
             "n_labelled": train.size + (val.size if val else 0), "n_train": int(Xtr.shape[0]),
             "n_val": int(inputs["X_val"].shape[0]) if "X_val" in inputs else 0,
             "cached": train.cached and (val is None or val.cached), "data_hash": train.key,
@@ -264,11 +276,17 @@ class ApproximateKind(TaskKind):
 
     @staticmethod
     def _xy(fmap: FeatureMap, data: LabelledSet, noise: float, rng: np.random.Generator):
+        """Features and targets of a set; the noise goes on the label the approximator learns: the price
+        (before V/K) for a price target, the volatility for an implied_vol target (the price stays a clean
+        input)."""
+        iv = fmap.target == "implied_vol"
         labels = data.labels
-        if noise > 0:
+        if noise > 0 and not iv:
             labels = labels + noise * rng.standard_normal(labels.size)
-        X, ok = fmap.raw_features(data.params, data.labels if fmap.target == "implied_vol" else None)
+        X, ok = fmap.raw_features(data.params, data.labels if iv else None)
         y = fmap.raw_target(data.params, labels)
+        if noise > 0 and iv:
+            y = y + noise * rng.standard_normal(y.size)
         keep = np.asarray(ok) & np.isfinite(data.labels) & np.isfinite(y)
         return np.ascontiguousarray(X[keep]), y[keep], keep
 
@@ -340,7 +358,8 @@ class ApproximateKind(TaskKind):
         params = arrays.to_device(data.params, device)
         price = data.extra["test_price"]
         price = arrays.to_device({"p": price}, device)["p"] if price is not None else None
-        info = {"fit_s": fit_s, "saved": saved, "fit_info": dict(getattr(method, "fit_info_", {}) or {})}
+        info = {"fit_s": fit_s, "saved": saved, "fit_info": dict(getattr(method, "fit_info_", {}) or {}),
+                "uses_derivatives": dydX is not None}
         if data.extra["audit"] is not None:
             grid = data.extra["audit"]
             values, _, _ = learned.evaluate(arrays.to_device(grid.get("evaluate", grid["params"]), device))
@@ -388,7 +407,10 @@ class ApproximateKind(TaskKind):
         columns.update({
             "fit_s": info["fit_s"], "label_s": extra["label_s"],
             "label_price_s": extra["label_s"] / max(extra["n_labelled"], 1),
-            "n_train": extra["n_train"], "n_val": extra["n_val"], "n_test": data.size, "cached": extra["cached"],
+            # the derivative labels are a cost of the configurations that train on them only
+            "derivative_s": extra["derivative_s"] if info.get("uses_derivatives") else 0.0,
+            "n_train": extra["n_train"], "n_val": extra["n_val"], "n_test": extra["parts"][0][1],
+            "n_narrow": extra["parts"][1][1] if len(extra["parts"]) > 1 else 0, "cached": extra["cached"],
             "design": extra["design"],
             "fit_info": json.dumps(fit_info, sort_keys=True, default=str),
         })
@@ -417,7 +439,7 @@ class ApproximateKind(TaskKind):
         for row in rows:
             ns = row.get("ns_per_option")
             per_price = ns * 1e-9 if ns is not None and ns == ns else math.nan
-            cost = (row.get("label_s") or 0.0) + (row.get("fit_s") or 0.0)
+            cost = sum(row.get(k) or 0.0 for k in ("label_s", "derivative_s", "fit_s"))
             row["break_even"] = _break_even(cost, row.get("label_price_s", math.nan), per_price)
             best = _fastest_classical(task, row, run_rows)
             if best is not None:
@@ -460,12 +482,19 @@ def _break_even(cost: float, pricer_per_price: float, approx_per_price: float) -
 
 
 def _fastest_classical(task, row, run_rows) -> dict[str, Any] | None:
+    """The fastest classical row the approximator stands in for, of at least its accuracy tier (None: none).
+
+    Price targets: ``price`` rows of the same model and product; implied-volatility targets: ``implied_vol``
+    rows (root finders; tiers in volatility units on both sides). A learned method is not classical.
+    """
     tier = row.get("tier")
     if tier is None or not tier == tier:
         return None
+    kind = "implied_vol" if task.options["target"] == "implied_vol" else "price"
     best = None
     for other in run_rows:
-        if (other.get("kind") == "price" and other.get("model") == task.model and other.get("product") == task.product
+        if (other.get("kind") == kind and other.get("method") not in LEARNED_METHODS
+                and other.get("model") == task.model and other.get("product") == task.product
                 and other.get("status") == "ok" and other.get("device") == row.get("device")
                 and other.get("tier", math.inf) <= tier and other.get("ns_per_option")
                 and other["ns_per_option"] == other["ns_per_option"]):

@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench import hookimpl
+from bench import arrays, hookimpl
 from bench.methods import Pricer, Setting, Unsupported
 from pricebench_plugins.models import black_scholes as bs
 from pricebench_plugins.models import cev, kou, merton, sinh_lv
@@ -121,7 +121,9 @@ class ClosedForm(Pricer):
                               f"got backend {self.backend_!r} on {device!r}")
         self.shape_ = np.shape(params["S"])
         self.theta_ = 1.0 if product == "european_call" else -1.0
-        flat = {k: np.ravel(params[k]) for k in formula.names}
+        # torch tensors stay tensors (np.ravel would detach them: autograd through the torch back end)
+        flat = {k: params[k].reshape(-1) if arrays.is_torch(params[k]) else np.ravel(params[k])
+                for k in formula.names}
         inputs = super().prepare(model, product, flat, device,
                                  array_backend="torch" if self.backend_ == "torch" else "numpy")
         if model.name != "black_scholes":
