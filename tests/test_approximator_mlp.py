@@ -180,6 +180,8 @@ def test_max_seconds_bounds_training():
     X, y = data(200, 13)
     m = small(epochs=10_000, max_seconds=0.0).fit(X, y)
     assert m.fit_info_["epochs_run"] == 1 and m.fit_info_["timed_out"]
+    assert "max_seconds" in m.fit_info_["note"] and "1 of 10000 epochs" in m.fit_info_["note"]
+    assert "note" not in small(epochs=2).fit(X, y).fit_info_
 
 
 def test_differential_training_helps_at_small_n():

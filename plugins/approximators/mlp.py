@@ -359,6 +359,11 @@ class MLP(Approximator):
             "steps_per_epoch": steps,
             "n_parameters": sum(p.numel() for p in model.parameters()),
         }
+        if timed_out:  # the framework puts a fit's note in the leaderboard row's message
+            self.fit_info_["note"] = (f"training stopped by max_seconds = {self.max_seconds:g} after {epochs_run} of "
+                                      f"{self.epochs} epochs")
+        elif diverged:
+            self.fit_info_["note"] = f"training diverged (non-finite loss) in epoch {epochs_run}"
         return self
 
     # ------------------------------------------------------------------ predict
