@@ -136,9 +136,11 @@ class Method:
         return ()
 
     @classmethod
-    def check_requirements(cls, settings: Mapping[str, Any], tasks: Mapping[str, Any]) -> None:
+    def check_requirements(cls, settings: Mapping[str, Any], tasks: Mapping[str, Any], model: str | None = None,
+                           product: str | None = None) -> None:
         """Raise :class:`SettingError` when a required artifact cannot come from ``tasks`` (the earlier tasks
-        of the suite, by name): suites call it while they are read."""
+        of the suite, by name) or does not fit the task at hand (``model``, ``product``): suites call it
+        while they are read."""
 
     def get_params(self) -> dict[str, Any]:
         """The settings of this instance (scikit-learn's name for it)."""

@@ -479,7 +479,7 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
             cls = registry.get(spec.kind, spec.name)
             kind.check_method(spec, cls, ctx, f"methods[{j}]")
             try:
-                cls.check_requirements(spec.settings, ctx.earlier)
+                cls.check_requirements(spec.settings, ctx.earlier, model=model.name, product=product)
             except SettingError as exc:
                 raise ctx.error(str(exc), f"methods[{j}].settings.{exc.setting}") from None
             config = (spec.name, json.dumps(cls.resolve_settings(spec.settings), sort_keys=True, default=str))

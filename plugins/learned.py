@@ -81,7 +81,7 @@ class _Learned:
         return (f"{task}/{stem}.{device}.pbapprox",)
 
     @classmethod
-    def check_requirements(cls, settings, tasks):
+    def check_requirements(cls, settings, tasks, model=None, product=None):
         fitted = settings.get("fitted") or ""
         if not fitted:
             return
@@ -98,6 +98,9 @@ class _Learned:
         if task.options.get("target") != cls._target:
             raise SettingError(f"task {name!r} learns {task.options.get('target')!r}; the {cls.kind} 'learned' "
                                f"needs {cls._target!r}", "fitted")
+        if model is not None and (task.model, task.product) != (model, product):
+            raise SettingError(f"task {name!r} learns {task.product} under {task.model}; this task prices "
+                               f"{product} under {model}", "fitted")
 
     @classmethod
     def from_function(cls, learned: LearnedFunction):

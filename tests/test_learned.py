@@ -343,19 +343,19 @@ def test_a_black_scholes_file_in_a_heston_suite_is_one_clear_error(bs_ann, tmp_p
     assert not out.exists()
 
 
-def test_a_fitted_black_scholes_function_in_a_heston_task_is_an_error_row(tmp_path):
-    """With ``fitted`` the model is known only when the fit is done: the cell fails with the reason, the run
-    goes on."""
+def test_a_fitted_black_scholes_function_in_a_heston_task_is_one_clear_error(tmp_path):
+    """``fitted`` names a task of the same suite: its model and product are checked when the suite is read."""
     heston = {"name": "heston_prices", "kind": "price", "model": "heston", "product": "european_call", "n": 20,
               "fixed": {"K": 1.0, "r": 0.0, "q": 0.0, "kappa": 1.5, "theta": 0.04, "xi": 0.3, "rho": -0.7},
               "domain": {"S": [0.8, 1.2], "T": [0.3, 1.0], "v0": [0.02, 0.08]}, "reference": "heston_integration",
               "methods": ["heston_integration", {"name": "learned", "settings": {"fitted": "fit/least_squares"}}]}
-    result = run({"name": "wrong_model", "seed": 1, "repeats": 1,
-                  "tasks": [fit_task("fit", n=500, test=100), heston]}, tmp_path)
-    (row,) = rows_of(result, "heston_prices", "learned")
-    assert row["status"] == "error"
-    assert "learned european_call under black_scholes, not european_call under heston" in row["message"]
-    assert rows_of(result, "heston_prices", "heston_integration")[0]["status"] == "ok"
+    with pytest.raises(suite.SuiteError) as err:
+        run({"name": "wrong_model", "seed": 1, "repeats": 1, "tasks": [fit_task("fit", n=500, test=100), heston]},
+            tmp_path)
+    text = str(err.value)
+    assert "task 'heston_prices'" in text and "methods[1].settings.fitted" in text
+    assert "learns european_call under black_scholes; this task prices european_call under heston" in text
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.usefixtures("restore_registry")
