@@ -481,11 +481,15 @@ class Approximator(Method):
     - ``to_cpu()``: move the fitted state to the CPU (before saving); returns
       ``self``. A fitted approximator must survive ``pickle`` (that is how
       :func:`bench.save_approximator` stores it) and predict the same after.
+    - ``imports``: modules the fit needs (``("torch",)``); the framework
+      imports them before it starts the clock on ``fit``, so a first import
+      (a second or more for torch) is not counted as training time.
     """
 
     kind: ClassVar[str] = "approximator"
     uses_derivatives: ClassVar[bool] = False  # fit can use dydX (differential training) when a setting asks
     has_std: ClassVar[bool] = False  # predict_std gives a predictive standard deviation
+    imports: ClassVar[tuple[str, ...]] = ()  # modules fit imports: imported before fit is timed
 
     def fit(self, X: np.ndarray, y: np.ndarray, *, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
             dydX: np.ndarray | None = None, device: str = "cpu") -> "Approximator":  # pragma: no cover - contract

@@ -166,3 +166,16 @@ def test_resume_labels_into_the_run_s_cache(tmp_path):
     assert second and all(r["status"] == "ok" for r in second)
     assert not (tmp_path / "out" / "cache").exists()  # not the default <out>/cache
     assert len(list(cache.iterdir())) > len(entries)
+
+
+@pytest.mark.parametrize("name", ["mlp", "gp", "least_squares", "smt"])
+def test_what_a_fit_imports_is_declared_so_it_is_not_timed(name):
+    import importlib
+    import inspect
+
+    cls = get_registry().get("approximator", name)
+    assert cls.imports, "imports the approximator's library before fit is timed"
+    for module in cls.imports:
+        importlib.import_module(module)
+    source = inspect.getsource(inspect.getmodule(cls))
+    assert all(m.split(".")[0] in source for m in cls.imports)

@@ -151,6 +151,7 @@ class GaussianProcess(Approximator):
     description = "Gaussian process (gpytorch): exact GP, or a sparse variational GP with inducing points"
     devices = ("cpu", "cuda")
     has_std = True
+    imports = ("torch", "gpytorch")
     settings = {
         "method": Setting("auto", str, "exact GP, sparse variational GP, or auto (exact up to max_exact points)",
                           choices=("auto", "exact", "variational")),

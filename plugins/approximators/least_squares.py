@@ -100,6 +100,7 @@ class LeastSquares(Approximator):
     description = "Polynomial or Chebyshev least squares with ridge regularisation (scikit-learn Ridge)"
     devices = ("cpu",)
     has_std = False
+    imports = ("sklearn.linear_model", "sklearn.preprocessing")
     settings = {
         "basis": Setting("chebyshev", str, "monomials (polynomial) or tensor Chebyshev polynomials on the "
                          "training box", choices=("polynomial", "chebyshev")),

@@ -152,6 +152,7 @@ class MLP(Approximator):
     description = "Multilayer perceptron (torch, Adam, early stopping), optionally with differential training"
     devices = ("cpu", "cuda")
     uses_derivatives = True  # the setting ``differential`` > 0 turns differential training on
+    imports = ("torch",)
     settings = {
         "preset": Setting(None, str, "architecture preset filling depth, width and activation where not given: "
                           "'seed000' (3 x 200 ReLU, the lecture notebook) or 'liu2019' (4 x 400 ReLU, Liu et al. "

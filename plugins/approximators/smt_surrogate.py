@@ -71,6 +71,7 @@ class SMTSurrogate(Approximator):
     description = "Surrogate Modeling Toolbox: kriging (KRG), RBF, linear (LS) or quadratic (QP) surrogate"
     devices = ("cpu",)
     has_std = True  # the class can give one (KRG); fit sets it per instance: True only for KRG
+    imports = ("smt.surrogate_models",)
     settings = {
         "surrogate": Setting("KRG", str, "smt surrogate model", choices=("KRG", "RBF", "LS", "QP")),
         "max_points": Setting(1000, int, "KRG, RBF: train on a seeded random subset of at most this many points",
