@@ -184,6 +184,17 @@ def test_max_seconds_bounds_training():
     assert "note" not in small(epochs=2).fit(X, y).fit_info_
 
 
+def test_a_one_cycle_fit_ended_by_the_clock_has_annealed_its_learning_rate():
+    """The cycle follows whichever budget runs out first: stopped by max_seconds, not left at the peak rate."""
+    X, y = data(2000, 5)
+    m = small(epochs=100_000, max_seconds=0.5, lr=1e-2, schedule="one_cycle").fit(X, y)
+    info = m.fit_info_
+    assert info["timed_out"] and info["epochs_run"] < 100_000
+    assert info["final_lr"] < 1e-2 / 1000  # one-cycle ends at lr / 2.5e5; the peak is lr
+    full = small(epochs=3, lr=1e-2, schedule="one_cycle").fit(X, y).fit_info_
+    assert full["final_lr"] < 1e-2 / 1000
+
+
 def test_differential_training_helps_at_small_n():
     # 64 points of a 2-D oscillating function: values alone underdetermine it, derivatives pin it down
     rng = np.random.default_rng(14)

@@ -50,7 +50,9 @@ evaluation are restored. Without a validation set (``X_val=None``) nothing
 is held out, early stopping is off, training runs all ``epochs`` and the
 final weights are kept. ``epochs`` is a hard upper bound in every case;
 ``max_seconds`` (off by default) adds a wall-clock bound, at the price of
-determinism.
+determinism; under ``one_cycle`` the cycle then follows whichever budget,
+epochs or seconds, runs out first, so a fit the clock ends has still
+annealed its learning rate (cut at the peak rate it would be at its worst).
 
 ``fit_info_``: ``epochs_run``, ``best_epoch`` (the epoch whose weights are
 kept; the last one without a validation set), ``best_val_loss`` (mean squared
@@ -59,7 +61,8 @@ error of the standardised validation targets; NaN without a validation set),
 combined loss under differential training), ``diverged`` (a non-finite
 training loss ended training; the best weights so far are kept when there is
 a validation set), ``timed_out`` (``max_seconds`` ended training),
-``steps_per_epoch`` and ``n_parameters``.
+``steps_per_epoch``, ``n_parameters`` and ``final_lr`` (the learning rate
+of the last step).
 
 Under ``one_cycle`` the learning rate follows one cycle over all ``epochs``
 (torch's defaults: up from ``lr / 25`` to ``lr`` over the first 30% of the
@@ -127,6 +130,21 @@ def _as_tensor(a: Any, dtype, device: str):
     if not a.flags.writeable:
         a = a.copy()  # torch refuses read-only (broadcast) NumPy memory
     return _torch().as_tensor(a, dtype=dtype, device=device)
+
+
+def _advance(schedule: Any, time_used: float | None) -> None:
+    """One step of a one-cycle schedule, and more while the time budget is further along than the steps.
+
+    With ``max_seconds`` the cycle runs on whichever budget, steps or seconds, is used up first, so a
+    fit that the clock ends has annealed its learning rate like one that ran all its epochs (cut at the
+    peak rate, a one-cycle fit is at its worst).
+    """
+    if schedule.last_epoch < schedule.total_steps:
+        schedule.step()
+    if time_used:
+        due = min(schedule.total_steps - 1, int(time_used * schedule.total_steps))  # the last step: the minimum
+        while schedule.last_epoch < due:
+            schedule.step()
 
 
 class MLP(Approximator):
@@ -316,7 +334,7 @@ class MLP(Approximator):
                 loss.backward()
                 opt.step()
                 if per_step is not None:
-                    per_step.step()
+                    _advance(per_step, self.max_seconds and (time.perf_counter() - start) / self.max_seconds)
                 total += loss.detach() * xb.shape[0]
             if per_epoch is not None:
                 per_epoch.step()
@@ -359,6 +377,7 @@ class MLP(Approximator):
             "timed_out": timed_out,
             "steps_per_epoch": steps,
             "n_parameters": sum(p.numel() for p in model.parameters()),
+            "final_lr": float(opt.param_groups[0]["lr"]),
         }
         if timed_out:  # the framework puts a fit's note in the leaderboard row's message
             self.fit_info_["note"] = (f"training stopped by max_seconds = {self.max_seconds:g} after {epochs_run} of "
