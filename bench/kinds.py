@@ -127,6 +127,14 @@ class TaskKind:
         """The method that makes the reference, if any (for run.json and the cell key)."""
         return task.options.get("reference")
 
+    def helper_specs(self, task: "Task") -> list["MethodSpec"]:
+        """The method configurations ``build`` itself runs (a reference, a labelling pricer, the pricer of
+        the prices to invert): every :class:`~bench.suite.MethodSpec` among the task's options. The runner
+        hands them the artifacts they require (a ``learned`` pricer's fitted file), as it does candidates."""
+        from bench.suite import MethodSpec
+
+        return [v for v in task.options.values() if isinstance(v, MethodSpec)]
+
     # ------------------------------------------------------------------ data
     def build(self, task: "Task", seeds: Seeds, registry: "Registry") -> TaskData:  # pragma: no cover
         """Sample the task's points and compute what every cell shares (untimed, once per task).

@@ -237,15 +237,18 @@ class Runner:
         extra = {}
         if "run" in inspect.signature(kind.build).parameters:
             extra["run"] = RunContext(cache_dir=self.cache_dir)
-        with environment.limit_threads(self.threads or suite.threads):
+        available = {ref: self._artifacts[ref] for ref in self.required(task) if ref in self._artifacts}
+        with environment.limit_threads(self.threads or suite.threads), artifacts.provided(available):
             data = kind.build(task, seeds, self.registry, **extra)
-        data.artifacts = {ref: self._artifacts[ref] for ref in self.required(task) if ref in self._artifacts}
+        data.artifacts = available
         return data.freeze()
 
     def required(self, task: Task) -> list[str]:
-        """The artifacts of earlier tasks that ``task``'s methods need (``"task/file"``)."""
+        """The artifacts of earlier tasks that ``task``'s methods, and the methods its kind runs in
+        ``build``, need (``"task/file"``)."""
         refs = []
-        for spec in self.selected_methods(task):
+        helpers = self.registry.task_kind(task.kind).helper_specs(task)
+        for spec in [*self.selected_methods(task), *helpers]:
             cls = self.registry.get(spec.kind, spec.name)
             refs += [r for r in cls.requires(spec.settings) if r not in refs]
         return refs

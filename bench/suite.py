@@ -349,6 +349,11 @@ class ParseContext:
         """One pricer configuration that prices this task's model and product."""
         spec = self.single(entry, key, ("pricer",))
         self.check_pricer(spec, key)
+        try:
+            self.registry.get("pricer", spec.name).check_requirements(spec.settings, self.earlier,
+                                                                      model=self.model.name, product=self.product)
+        except SettingError as exc:
+            raise self.error(str(exc), f"{key}.settings.{exc.setting}") from None
         return spec
 
     def check_pricer(self, spec: MethodSpec, key: str) -> None:

@@ -98,6 +98,9 @@ class _Learned:
         if task.options.get("target") != cls._target:
             raise SettingError(f"task {name!r} learns {task.options.get('target')!r}; the {cls.kind} 'learned' "
                                f"needs {cls._target!r}", "fitted")
+        # a root finder inverts Black-Scholes whatever model made the prices: only the product must match
+        if cls._target == "implied_vol":
+            model = task.model
         if model is not None and (task.model, task.product) != (model, product):
             raise SettingError(f"task {name!r} learns {task.product} under {task.model}; this task prices "
                                f"{product} under {model}", "fitted")
