@@ -179,3 +179,55 @@ def test_what_a_fit_imports_is_declared_so_it_is_not_timed(name):
         importlib.import_module(module)
     source = inspect.getsource(inspect.getmodule(cls))
     assert all(m.split(".")[0] in source for m in cls.imports)
+
+
+# --------------------------------------------------------------------------- Heston-ANN -> IV-ANN pipeline
+
+HESTON_FIXED = {"K": 1.0, "q": 0.0, "r": 0.02, "kappa": 1.5, "theta": 0.04, "xi": 0.3, "rho": -0.7}
+
+
+def heston_iv_task(name, pricer, methods, **over):
+    t = {"name": name, "kind": "implied_vol", "model": "heston", "product": "european_call", "n": 400,
+         "sampler": "uniform", "fixed": dict(HESTON_FIXED),
+         "domain": {"S": [0.85, 1.15], "T": [0.3, 0.9], "v0": [0.03, 0.07]}, "pricer": pricer,
+         "reference_pricer": "cos", "reference": "brent", "methods": methods}
+    t.update(over)
+    return t
+
+
+def test_the_heston_ann_to_iv_ann_pipeline_is_scored_against_cos_to_brent(tmp_path):
+    heston = task("heston", model="heston", n=3000, test=300, fixed=dict(HESTON_FIXED), pricer="heston_integration",
+                  domain={"S": [0.8, 1.2], "T": [0.2, 1.0], "v0": [0.02, 0.08]},
+                  methods=[{"name": "least_squares", "settings": {"degree": 6}}])
+    iv = task("iv", target="implied_vol", squash=True, n=5000, test=300, fixed={"K": 1.0, "q": 0.0, "r": 0.02},
+              domain={"S": [0.7, 1.3], "T": [0.1, 1.1], "sigma": [0.05, 0.5]},
+              methods=[{"name": "least_squares", "settings": {"degree": 8}}])
+    iv_ann = {"name": "learned", "settings": {"fitted": "iv/least_squares", "vol_tol": 0.02}}
+    data, registry = parse(
+        heston, iv,
+        heston_iv_task("pipeline", {"name": "learned", "settings": {"fitted": "heston/least_squares"}},
+                       ["brent", iv_ann]),
+        heston_iv_task("exact", "cos", ["brent", iv_ann]))
+    result = runner.run(data, registry, out_dir=tmp_path)
+    rows = {(r["task"], r["method"]): r for r in result.rows}
+    assert all(r["status"] == "ok" for r in rows.values()), [(k, r["message"]) for k, r in rows.items()]
+    # COS -> Brent is the reference itself; the IV-ANN alone, and the Heston-ANN's price error, add up
+    assert rows["exact", "brent"]["max_abs_error"] < 1e-10
+    heston_ann_error = rows["pipeline", "brent"]["max_abs_error"]
+    assert 1e-5 < heston_ann_error < 0.01
+    assert rows["exact", "learned"]["max_abs_error"] < 0.02 and rows["pipeline", "learned"]["max_abs_error"] < 0.03
+
+
+@pytest.mark.parametrize("over, key, words", [
+    ({"reference": None}, "reference", "no true sigma"),
+    ({"reference": "true_sigma"}, "reference", "black_scholes only"),
+    ({"model": "black_scholes", "reference": "true_sigma", "fixed": {"K": 1.0, "q": 0.0, "r": 0.0, "sigma": 0.2},
+      "domain": {"S": [0.9, 1.1], "T": [0.3, 0.9]}}, "reference_pricer", "no prices"),
+])
+def test_an_implied_vol_task_under_another_model_needs_a_root_finder_reference(over, key, words):
+    t = heston_iv_task("iv", "cos", ["brent"])
+    t.update(over)
+    if t["reference"] is None:
+        del t["reference"]
+    with pytest.raises(suite.SuiteError, match=f"'{key}'.*{words}"):
+        parse(t)
