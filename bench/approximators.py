@@ -94,11 +94,13 @@ class LearnedFunction:
         outside the training box, 2 a parameter held fixed in training differs, 3 no feature), else
         None; ``std`` the predictive standard deviation where asked and available, else None.
         """
-        X, ok = self.features.raw_features(params, price)
-        inside, fixed_ok = self.features.inside(X), self.features.fixed_ok(params, X)
+        with np.errstate(all="ignore"):  # bad inputs (K = 0, NaN) become NaN features, answered with a reason
+            X, ok = self.features.raw_features(params, price)
+            inside, fixed_ok = self.features.inside(X), self.features.fixed_ok(params, X)
         good = ok & inside & fixed_ok
         Xs = self.features.scale_x(X)
-        y = self._like(self.approximator.predict(self.approximator.prepare(Xs, self.device)), X)
+        with np.errstate(all="ignore"):
+            y = self._like(self.approximator.predict(self.approximator.prepare(Xs, self.device)), X)
         out = self.features.output(self.features.unscale_y(y), params)
         std = None
         if with_std and getattr(self.approximator, "has_std", False):

@@ -70,7 +70,11 @@ def cell_stems(task: "Task") -> dict[int, str]:
         if base.count(base[i]) == 1:
             stems[i] = base[i]
         else:
-            digest = hashlib.sha256(f"{spec.name}:{spec.label}:{settings_json(spec.settings)}".encode()).hexdigest()
+            # unlabelled: the hash of the settings alone (the names earlier runs gave these files)
+            text = settings_json(spec.settings)
+            if spec.label:
+                text = f"{spec.name}:{spec.label}:{text}"
+            digest = hashlib.sha256(text.encode()).hexdigest()
             stems[i] = f"{base[i][:STEM_LENGTH - 9]}-{digest[:8]}"
     return stems
 

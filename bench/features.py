@@ -7,8 +7,9 @@ carries exactly the transform it was trained with.
 
 Targets (``target``):
 
-- ``price``: the option (or bond) price. With ``homogeneous = true`` (equity
-  models, whose prices are homogeneous of degree one in (S, K)) the inputs
+- ``price``: the option (or bond) price. With ``homogeneous = true`` (models
+  whose prices are homogeneous of degree one in (S, K), ``Model.homogeneous``:
+  Black-Scholes, Heston, Merton, Kou; not CEV or sinh_lv) the inputs
   use moneyness ``S/K`` in place of S and K and the target is ``V/K``
   (Liu, Oosterlee and Bohte 2019; the lecture notebook of seed 000 fixes
   S0 = 1, which is the same thing). Without it, the varying parameters are
@@ -113,10 +114,9 @@ class FeatureMap:
         varying = list(domain)
         if target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        equity = "S" in model.params and "K" in model.params
-        if homogeneous and not equity:
-            raise ValueError(f"homogeneous features need a model with spot S and strike K; {model.name!r} has "
-                             "neither")
+        if homogeneous and not getattr(model, "homogeneous", False):
+            raise ValueError(f"homogeneous features (S/K, V/K) need prices homogeneous of degree one in S and K; "
+                             f"{model.name!r}'s are not (a parameter is in price units, or there is no S and K)")
         if target == "implied_vol":
             if model.name != IV_MODEL or product not in IV_PRODUCTS:
                 raise ValueError("an implied_vol target inverts Black-Scholes European prices: model "

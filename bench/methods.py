@@ -224,6 +224,9 @@ class Model:
     description: ClassVar[str] = ""
     params: ClassVar[Mapping[str, Param]] = {}
     products: ClassVar[tuple[str, ...]] = ()
+    # prices homogeneous of degree one in (S, K): V(a S, a K) = a V(S, K) (no parameter in price units);
+    # learned functions may then use S/K and V/K
+    homogeneous: ClassVar[bool] = False
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Fill defaults, reject unknown or missing names and out-of-range values.

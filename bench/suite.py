@@ -8,6 +8,7 @@ and settings, wrong types, bad ranges. The first problem raises one
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -63,6 +64,17 @@ TASK_KEYS = {
 METHOD_KEYS = {"name": str, "settings": dict, "devices": list, "label": str}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "an array",
                dict: "a table"}
+
+
+def check_requirements(cls: type, settings: Mapping[str, Any], earlier: Mapping[str, Any], model: str,
+                       product: str) -> None:
+    """``cls.check_requirements``, with the task's model and product where its signature takes them (a plugin
+    written before they were passed overrides it with ``(settings, tasks)``)."""
+    params = inspect.signature(cls.check_requirements).parameters
+    if "model" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        cls.check_requirements(settings, earlier, model=model, product=product)
+    else:
+        cls.check_requirements(settings, earlier)
 
 
 class SuiteError(ValueError):
@@ -350,8 +362,8 @@ class ParseContext:
         spec = self.single(entry, key, ("pricer",))
         self.check_pricer(spec, key)
         try:
-            self.registry.get("pricer", spec.name).check_requirements(spec.settings, self.earlier,
-                                                                      model=self.model.name, product=self.product)
+            check_requirements(self.registry.get("pricer", spec.name), spec.settings, self.earlier, self.model.name,
+                               self.product)
         except SettingError as exc:
             raise self.error(str(exc), f"{key}.settings.{exc.setting}") from None
         return spec
@@ -484,7 +496,7 @@ def _parse_task(td: Mapping[str, Any], index: int, path: str, registry: Registry
             cls = registry.get(spec.kind, spec.name)
             kind.check_method(spec, cls, ctx, f"methods[{j}]")
             try:
-                cls.check_requirements(spec.settings, ctx.earlier, model=model.name, product=product)
+                check_requirements(cls, spec.settings, ctx.earlier, model.name, product)
             except SettingError as exc:
                 raise ctx.error(str(exc), f"methods[{j}].settings.{exc.setting}") from None
             config = (spec.name, json.dumps(cls.resolve_settings(spec.settings), sort_keys=True, default=str))

@@ -193,17 +193,12 @@ class LearnedRootFinder(_Learned, RootFinder):
         good = within.cpu().numpy() if arrays.is_torch(within) else within
         sigma_host = sigma
         codes = np.asarray(codes)
-        # code 3 (no feature): a price that is not a finite number, one at or below the intrinsic value, or
-        # one whose time value is too small for the squash to invert
-        host = {k: arrays.to_numpy(v) for k, v in (*params.items(), ("price", price))}
-        floor = intrinsic(host["S"], host["K"], host["T"], host["r"], host["q"],
-                          self.learned_.product == "european_call")
-        no_feature = np.where(~np.isfinite(host["price"]), IVStatus.INVALID_INPUT,
-                              np.where(host["price"] <= floor, IVStatus.BELOW_LOWER_BOUND, IVStatus.OUTSIDE_DOMAIN))
         status = np.where(codes == 0, np.where(good, IVStatus.CONVERGED, IVStatus.INACCURATE),
-                          np.where(codes == 3, no_feature,
-                                   np.where(np.isin(codes, (1, 2)), IVStatus.OUTSIDE_DOMAIN,
-                                            IVStatus.INVALID_INPUT))).astype(np.int8)
+                          IVStatus.OUTSIDE_DOMAIN).astype(np.int8)
+        unanswered = np.flatnonzero(codes != 0)
+        if unanswered.size:  # why not (on the host, for these points only): bad input, at the bound, or outside
+            status[unanswered] = _why_not(params, price, codes[unanswered], unanswered,
+                                          self.learned_.product == "european_call")
         converged = status == IVStatus.CONVERGED
         if arrays.is_torch(sigma_host):
             import torch
@@ -213,6 +208,19 @@ class LearnedRootFinder(_Learned, RootFinder):
         else:
             sigma_host = np.where(converged, sigma_host, np.nan)
         return IVResult(sigma_host, converged, np.zeros(converged.size, dtype=np.int32), status)
+
+
+def _why_not(params, price, codes, idx, is_call: bool) -> np.ndarray:
+    """Statuses of points a learned inverse did not answer: bad input (as every root finder says it), a price
+    at or below the intrinsic value, else outside the training domain (or a time value too small to invert)."""
+    p = {k: arrays.to_numpy(v).reshape(-1)[idx] for k, v in params.items()}
+    v = arrays.to_numpy(price).reshape(-1)[idx]
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(v) & np.all([np.isfinite(x) for x in p.values()], axis=0)
+        invalid = ~finite | (p["S"] <= 0) | (p["K"] <= 0) | (p["T"] <= 0)
+        at_bound = (codes == 3) & (v <= intrinsic(p["S"], p["K"], p["T"], p["r"], p["q"], is_call))
+    return np.where(invalid, IVStatus.INVALID_INPUT,
+                    np.where(at_bound, IVStatus.BELOW_LOWER_BOUND, IVStatus.OUTSIDE_DOMAIN)).astype(np.int8)
 
 
 def _bs_price(sigma, p, is_call: bool):

@@ -231,3 +231,35 @@ def test_an_implied_vol_task_under_another_model_needs_a_root_finder_reference(o
         del t["reference"]
     with pytest.raises(suite.SuiteError, match=f"'{key}'.*{words}"):
         parse(t)
+
+
+@pytest.mark.parametrize("model", ["cev", "sinh_lv"])
+def test_homogeneous_features_are_refused_where_prices_do_not_scale(model):
+    """CEV's and sinh_lv's parameters are in price units: V(a S, a K) != a V(S, K), so no S/K features."""
+    registry = get_registry()
+    cls = type(registry.model(model))
+    assert cls.homogeneous is False and type(registry.model("heston")).homogeneous is True
+    domain = {"K": [80.0, 120.0], "T": [0.2, 1.0]}
+    fixed = {"S": 100.0, "r": 0.05, "q": 0.0,
+             **({"sigma": 2.0, "beta": 0.5} if model == "cev" else {"lam": 0.25})}
+    data, _ = parse(task(model=model, fixed=fixed, domain=domain, pricer="fd",
+                         methods=[{"name": "least_squares", "settings": {"degree": 2}}]))
+    assert data.tasks[0].options["homogeneous"] is False  # the default follows the model
+    with pytest.raises(suite.SuiteError, match="'homogeneous'.*not"):
+        parse(task(model=model, fixed=fixed, domain=domain, pricer="fd", homogeneous=True))
+
+
+def test_a_plugin_with_the_old_check_requirements_signature_still_loads():
+    from bench.methods import Pricer
+
+    seen = []
+
+    class Old(Pricer):
+        name = "old_style"
+
+        @classmethod
+        def check_requirements(cls, settings, tasks):  # written before model= and product= were passed
+            seen.append((dict(settings), dict(tasks)))
+
+    suite.check_requirements(Old, {"a": 1}, {}, "black_scholes", "european_call")
+    assert seen == [({"a": 1}, {})]

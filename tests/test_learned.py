@@ -390,3 +390,17 @@ def test_a_root_finder_fitted_on_prices_is_one_clear_error(tmp_path, capsys):
     assert code == 2 and "task 'iv'" in err and "key 'methods[1].settings.fitted'" in err
     assert "task 'fit' learns 'price'; the root_finder 'learned' needs 'implied_vol'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_inputs_get_the_status_every_root_finder_gives_them(iv_ann):
+    """Fed directly (past bench.implied_vol's validation): invalid input is invalid_input, not 'outside'."""
+    finder = get_registry().get("root_finder", "learned")(path=str(iv_ann))
+    S = np.array([-1.0, 1.0, 1.0, np.nan, 1.0, 1.0, 1.2])
+    K = np.array([1.0, 0.0, -1.0, 1.0, 1.0, 1.0, 1.0])
+    T = np.array([0.5, 0.5, 0.5, 0.5, -0.5, 0.5, 0.5])
+    price = np.array([0.1, 0.1, 0.1, 0.1, 0.1, np.nan, 0.0])
+    inputs = {"S": S, "K": K, "T": T, "r": np.full(7, 0.05), "q": np.zeros(7), "price": price,
+              "is_call": np.ones(7, dtype=bool)}
+    res = finder.solve(finder.prepare(inputs, "cpu"))
+    assert list(res.status) == [IVStatus.INVALID_INPUT] * 6 + [IVStatus.BELOW_LOWER_BOUND]
+    assert np.isnan(res.sigma).all() and not res.converged.any()

@@ -387,7 +387,9 @@ class GaussianProcess(Approximator):
                 jitter = gpytorch.settings.variational_cholesky_jitter.value(Z.dtype)
             Kzz = self.model_.covar_module(Z).to_dense().double()
             Kzz = Kzz + jitter * torch.eye(Kzz.shape[0], dtype=Kzz.dtype, device=Kzz.device)
-            L = torch.linalg.cholesky(Kzz)
+            from linear_operator.utils.cholesky import psd_safe_cholesky
+
+            L = psd_safe_cholesky(Kzz)  # as gpytorch's own strategy: more jitter if K(Z, Z) is nearly singular
             m = strategy.variational_distribution.mean.double().unsqueeze(-1)
             cached = (Z, torch.linalg.solve_triangular(L.mT, m, upper=True).squeeze(-1))
         self._weights = cached

@@ -15,7 +15,8 @@ Suite keys (besides the common ones; ``n`` is the training set size):
 - ``reference``: the pricer that labels the test sets (default: ``pricer``;
   seed 002 trains on Monte Carlo labels and scores against the PDE);
 - ``target``: ``"price"`` (default) or ``"implied_vol"``;
-- ``homogeneous``: learn ``V/K`` on ``S/K`` (default true for equity models);
+- ``homogeneous``: learn ``V/K`` on ``S/K`` (default true for models whose prices are homogeneous of
+  degree one in S and K: black_scholes, heston, merton, kou; not cev or sinh_lv);
 - ``squash``: implied_vol only, the price enters as log(time value / K);
   ``min_time_value`` (default 1e-7): points whose time value / K is below it
   are dropped from every set (seed 003), the count is reported;
@@ -116,8 +117,7 @@ class ApproximateKind(TaskKind):
         target = table.get("target", "price")
         if target not in TARGETS:
             raise ctx.error(f"unknown target {target!r} (targets: {', '.join(TARGETS)})", "target")
-        equity = "S" in ctx.model.params and "K" in ctx.model.params
-        homogeneous = table.get("homogeneous", equity)
+        homogeneous = table.get("homogeneous", bool(getattr(ctx.model, "homogeneous", False)))
         try:
             fmap = FeatureMap.build(ctx.model, ctx.product, target, ctx.domain, ctx.fixed, homogeneous,
                                     table.get("squash", False), table.get("min_time_value", 1e-7))

@@ -25,6 +25,7 @@ __version__ = "1"
 class BlackScholes(Model):
     name = "black_scholes"
     version = "1"
+    homogeneous = True  # V(a S, a K) = a V(S, K)
     description = "Geometric Brownian motion with constant rate r, dividend yield q and volatility sigma"
     params = {
         **OPTION_PARAMS,

@@ -423,6 +423,7 @@ def _cumulants(T, r, q, v0, kappa, theta, xi, rho):
 class Heston(Model):
     name = "heston"
     version = "1"
+    homogeneous = True  # V(a S, a K) = a V(S, K)
     description = "Heston stochastic volatility: CIR variance v with vol of vol xi, correlation rho"
     params = {
         **OPTION_PARAMS,

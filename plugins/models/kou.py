@@ -71,6 +71,7 @@ W_MAX = 1e4  # |damping| cap when no jump pole bounds the strip
 class Kou(Model):
     name = "kou"
     version = "1"
+    homogeneous = True  # V(a S, a K) = a V(S, K)
     description = "Kou double-exponential jump diffusion"
     params = {
         **OPTION_PARAMS,

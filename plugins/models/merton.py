@@ -53,6 +53,7 @@ MAX_TERMS = 100_000  # never reached in practice: the sum runs from about rate -
 class Merton(Model):
     name = "merton"
     version = "1"
+    homogeneous = True  # V(a S, a K) = a V(S, K)
     description = "Merton jump diffusion: GBM plus Poisson jumps with normally distributed log sizes"
     params = {
         **OPTION_PARAMS,
