@@ -269,8 +269,14 @@ def wait_for_rows(out: Path, count: int = 2, seconds: float = 120.0) -> Path | N
     return None
 
 
+def _default_sigint():
+    # a shell runs background jobs with SIGINT ignored, and a Python started so never raises KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_cli(args, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], env={**os.environ, **(env or {})}, **kw)
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], env={**os.environ, **(env or {})},
+                            preexec_fn=_default_sigint, **kw)
 
 
 def test_killed_run_resumes_to_the_same_accuracy_without_duplicates(tmp_path, plugin_dir):
