@@ -137,6 +137,19 @@ def implied_vol(
     )
 
 
+def setting_spec(spec: Any) -> dict[str, Any]:
+    """A setting as plain data: default, type name, choices or range, description."""
+    out: dict[str, Any] = {"default": spec.default, "type": getattr(spec.type, "__name__", str(spec.type)),
+                           "description": spec.doc}
+    if spec.choices is not None:
+        out["choices"] = list(spec.choices)
+    if spec.min is not None:
+        out["min"] = spec.min
+    if spec.max is not None:
+        out["max"] = spec.max
+    return out
+
+
 def methods(kind: str | None = None) -> list[dict[str, Any]]:
     """Registered methods (pricers, root finders, approximators) as dicts, optionally of one kind."""
     registry = get_registry()
@@ -158,6 +171,7 @@ def methods(kind: str | None = None) -> list[dict[str, Any]]:
                     "devices": list(cls.devices),
                     "supports": {m: list(p) for m, p in getattr(cls, "supports", {}).items()},
                     "settings": {s: spec.default for s, spec in cls.settings.items()},
+                    "setting_specs": {s: setting_spec(spec) for s, spec in cls.settings.items()},
                     "description": cls.description,
                 }
             )

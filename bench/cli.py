@@ -22,11 +22,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 import bench
 from bench import plugins as plugin_host
@@ -85,7 +87,8 @@ def _parser(commands: Mapping[str, tuple[Command, str]] | None = None) -> argpar
     p = sub.add_parser("plugins", parents=[common], help="list plugins and what they register")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("methods", parents=[common], help="list registered methods")
+    p = sub.add_parser("methods", parents=[common], help="list registered methods and their settings")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default: all)")
     p.add_argument("--kind", choices=("pricer", "root_finder", "approximator"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -201,8 +204,10 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
         out.print_json(json.dumps(rows))
         return EXIT_OK
     table = Table(title="pricebench plugins", title_justify="left")
-    for col in ("plugin", "version", "source", "registers"):
-        table.add_column(col)
+    table.add_column("plugin", overflow="fold")
+    table.add_column("version", overflow="fold")
+    table.add_column("source", overflow="fold")
+    table.add_column("registers", overflow="fold", ratio=1)
     for r in rows:
         table.add_row(r["name"], r["version"], r["source"],
                       f"[red]skipped: {r['error']}[/]" if r["error"] else ", ".join(r["registers"]))
@@ -210,21 +215,49 @@ def cmd_plugins(args, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def _allowed(spec: dict[str, Any]) -> str:
+    """A setting's admissible values in a few characters: its choices, or its range."""
+    if "choices" in spec:
+        return " | ".join("none" if c is None else str(c) for c in spec["choices"])
+    lo, hi = spec.get("min"), spec.get("max")
+    if lo is None and hi is None:
+        return ""
+    return f"{'-inf' if lo is None else f'{lo:g}'} .. {'inf' if hi is None else f'{hi:g}'}"
+
+
 def cmd_methods(args, out: Console, err: Console) -> int:
     _load_registry(args, err)
     rows = bench.methods(args.kind)
+    if args.names:
+        unknown = sorted(set(args.names) - {r["name"] for r in rows})
+        if unknown:
+            err.print(f"[bold red]error:[/] no {args.kind or 'method'} named {unknown[0]!r} "
+                      f"(known: {', '.join(sorted({r['name'] for r in rows}))})", highlight=False)
+            return EXIT_USAGE
+        rows = [r for r in rows if r["name"] in args.names]
     if args.json:
-        out.print_json(json.dumps(rows))
+        out.print_json(json.dumps(rows, default=str))
         return EXIT_OK
-    table = Table(title="pricebench methods", title_justify="left")
-    for col in ("method", "kind", "version", "plugin", "devices", "prices / settings"):
-        table.add_column(col)
+    # one block per method, each setting on its own row: readable at 80 columns, nothing cut
     for r in rows:
-        supports = "; ".join(f"{m}: {', '.join(p)}" for m, p in r["supports"].items())
-        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-        table.add_row(r["name"], r["kind"], r["version"], r["plugin"], ", ".join(r["devices"]),
-                      "\n".join(filter(None, [supports, settings])))
-    out.print(table)
+        head = (f"[bold]{r['name']}[/] {r['kind'].replace('_', ' ')} v{r['version']} · plugin {r['plugin']} · "
+                f"{', '.join(r['devices'])}")
+        out.print(head, highlight=False)
+        if r["description"]:
+            out.print(Padding(Text(r["description"]), (0, 0, 0, 2)))
+        for model, products in r["supports"].items():
+            out.print(Padding(Text.assemble((f"{model}: ", "dim"), ", ".join(products)), (0, 0, 0, 2)))
+        if r["setting_specs"]:
+            table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False, expand=False)
+            table.add_column("  setting", no_wrap=True, style="cyan")
+            table.add_column("type", no_wrap=True)
+            table.add_column("default", overflow="fold", max_width=14)
+            table.add_column("allowed", overflow="fold", max_width=18)
+            table.add_column("description", overflow="fold", ratio=1)
+            for name, spec in r["setting_specs"].items():
+                table.add_row(f"  {name}", spec["type"], repr(spec["default"]), _allowed(spec), spec["description"])
+            out.print(table)
+        out.print()
     return EXIT_OK
 
 

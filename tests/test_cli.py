@@ -81,3 +81,28 @@ def test_bad_filters_exit_2(tmp_path, capsys):
     assert cli.main(["run", "--out", str(out), "--task", "no_such_task"]) == 2
     assert "no task" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_methods_at_80_columns_show_every_setting_with_its_type_range_and_description(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(["methods", "newton", "closed_form"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out  # nothing cut
+    for text in ("backend", "sigma0", "maxiter", "auto | numba", "1 .. inf", "iteration cap per option",
+                 "black_scholes: european_call, european_put"):
+        assert text in out, text
+    assert cli.main(["methods", "--json", "secant"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    spec = row["setting_specs"]["maxiter"]
+    assert spec["type"] == "int" and spec["min"] == 1 and spec["description"] and spec["default"] == row["settings"]["maxiter"]
+    assert row["setting_specs"]["backend"]["choices"] == ["auto", "numba", "numpy", "torch"]
+    assert cli.main(["methods", "nwton"]) == 2
+    assert "no method named 'nwton'" in capsys.readouterr().err
+
+
+def test_plugins_at_80_columns_cut_no_name(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "heston_integration" in out and max(len(line) for line in out.splitlines()) <= 80
