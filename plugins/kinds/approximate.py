@@ -325,14 +325,8 @@ class ApproximateKind(TaskKind):
         TT, KK = np.meshgrid(maturities, strikes, indexing="ij")
         grid = {p: np.full(TT.size, float(value(p))) for p in model.params if value(p) is not None}
         grid["K"], grid["T"] = KK.ravel(), TT.ravel()
-        out = {"params": model.validate(grid), "shape": TT.shape}
-        if fmap.homogeneous and "K" in fmap.fixed:
-            # trained at one strike K0 (a point at another K is refused): price (S0, K) as
-            # (K / K0) V(S0 K0 / K, K0), the same by homogeneity, so the audit sees the function's values
-            K0 = fmap.fixed["K"]
-            at = dict(grid, S=grid["S"] * K0 / grid["K"], K=np.full(TT.size, K0))
-            out["evaluate"], out["scale"] = model.validate(at), grid["K"] / K0
-        return out
+        # a function learned at one strike prices the others by homogeneity (LearnedFunction scales V/K)
+        return {"params": model.validate(grid), "shape": TT.shape}
 
     # ------------------------------------------------------------------ cells
     def prepare(self, method, task, data, device, registry):
@@ -365,9 +359,8 @@ class ApproximateKind(TaskKind):
                 "uses_derivatives": dydX is not None}
         if data.extra["audit"] is not None:
             grid = data.extra["audit"]
-            values, _, _ = learned.evaluate(arrays.to_device(grid.get("evaluate", grid["params"]), device))
-            values = arrays.to_numpy(values) * grid.get("scale", 1.0)
-            info["audit"] = arbitrage_audit(task.product, grid["params"], values, grid["shape"])
+            values, _, _ = learned.evaluate(arrays.to_device(grid["params"], device))
+            info["audit"] = arbitrage_audit(task.product, grid["params"], arrays.to_numpy(values), grid["shape"])
         if getattr(method, "has_std", False):
             wide = data.extra["parts"][0][1]
             _, _, std = learned.evaluate(params, price, with_std=True)
