@@ -268,8 +268,21 @@ def cmd_suites(args, out: Console, err: Console) -> int:
 
 
 COMMANDS = {"run": cmd_run, "show": cmd_show, "plugins": cmd_plugins, "methods": cmd_methods, "suites": cmd_suites}
-# names kept for built-in commands to come: no plugin may take them either
-RESERVED_COMMANDS = ("compare", "baseline", "history", "report")
+# built-in commands written as Command classes (the contract plugins use), one module each:
+# "module:Class" so that each imports only when the command line is parsed
+BUILTIN_COMMANDS = ("bench.compare:CompareCommand", "bench.compare:BaselineCommand", "bench.history:HistoryCommand")
+RESERVED_COMMANDS = ("compare", "baseline", "history", "report")  # no plugin may take these either
+
+
+def _builtin_commands() -> dict[str, tuple[Command, str]]:
+    import importlib
+
+    commands = {}
+    for ref in BUILTIN_COMMANDS:
+        module, cls = ref.split(":")
+        command = getattr(importlib.import_module(module), cls)()
+        commands[command.name] = (command, "pricebench")
+    return commands
 
 
 def _plugins_dir_option(argv: list[str]) -> str | None:
@@ -311,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Console()
     err = Console(stderr=True, soft_wrap=True)
     try:
-        commands = _plugin_commands(argv, err)
+        commands = _builtin_commands() | _plugin_commands(argv, err)
         parser = _parser(commands)
     except PluginError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)

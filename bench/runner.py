@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench import artifacts, atomic, environment, executors, report
+from bench import artifacts, atomic, calibration, environment, executors, report
 from bench.cells import CellResult, CellSpec, cell_stems
 from bench.kinds import RunContext, Seeds, TaskData
 from bench.plugins import Registry
@@ -296,6 +296,8 @@ class Runner:
         tasks = {task.name: task for task, _, _ in work}
         self._progress = (result, planned, store)
         meta["task_seeds"] = {task.name: seeds_text(seeds) for task, seeds, _ in work}
+        if "calibration" not in meta:  # a resumed run keeps the measurement its first cells were taken with
+            meta["calibration"] = calibration.summary(calibration.measure_workload(self.threads_for(suite)))
         self._save_meta(store, meta)
         for task, seeds, specs in todo:
             if self.required(task):
@@ -317,6 +319,8 @@ class Runner:
             if remaining.get(task.name, 0) == 0 and task.name in {r["task"] for r in result.rows}:
                 speedups([r for r in result.rows if r["task"] == task.name], task)
         self._finish_tasks(tasks, store, result)
+        meta["calibration"] = calibration.summary(meta["calibration"]["before"],
+                                                  calibration.measure_workload(self.threads_for(suite)))
         meta["status"] = "finished"
         meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._save_tables(store, result, force=True)
@@ -405,6 +409,7 @@ class Runner:
             "reference": reference.name if reference else kind.default_reference,
             "reference_settings": dict(reference.settings) if reference else {},
             "reference_s": data.reference_s,
+            "definition": task.definition(),  # what its cells' keys hash: compare names what changed
             "seed_entropy": str(seeds.sequence.entropy),
             "method_seed": data.method_seed,
             "timing": kind.timing,
