@@ -624,6 +624,29 @@ def save_baseline(run_dir: str | Path, root: str | Path = BASELINE_ROOT, machine
     return target
 
 
+def this_machine() -> str:
+    from bench import environment
+
+    return machine_name({"machine": {"cpu": environment.cpu_model(),
+                                     "threads": {"cpu_count": __import__("os").cpu_count()}}})
+
+
+def find_baseline(suite: str, root: str | Path = BASELINE_ROOT, any_machine: bool = False) -> tuple[Path, str]:
+    """This machine's baseline of ``suite`` (and '' ), or with ``any_machine`` another's (and a note saying so)."""
+    root = Path(root)
+    mine = this_machine()
+    own = atomic.inside(atomic.inside(root, mine), f"{suite}.json")
+    if own.is_file():
+        return own, ""
+    others = sorted(root.glob(f"*/{atomic.safe_name(suite)}.json")) if root.is_dir() else []
+    if any_machine and others:
+        return others[0], (f"no baseline of {suite!r} for this machine ({mine}); using {others[0].parent.name}'s: "
+                           "compare latencies with --normalise")
+    have = ", ".join(p.parent.name for p in others) or "none"
+    raise CompareError(f"{own}: no baseline of suite {suite!r} for this machine ({mine}; other machines: {have}); "
+                       "save one with: pricebench baseline save RUN_DIR")
+
+
 # ---------------------------------------------------------------------------------------------- commands
 def _factor(text: str) -> float:
     try:
@@ -694,9 +717,22 @@ class BaselineCommand(Command):
         p.add_argument("--machine", metavar="NAME", help="the machine's folder name (default: from the run's CPU "
                                                          "model and CPU count)")
         p.add_argument("--force", action="store_true", help="save an unfinished run too")
+        p = sub.add_parser("path", help="print the baseline file of SUITE for this machine",
+                           description="Print results/baselines/<this machine>/<SUITE>.json; exit 2 if there is "
+                                       "none (with --any: another machine's, the one to compare with --normalise).")
+        p.add_argument("suite", metavar="SUITE", help="a suite name (ci)")
+        p.add_argument("--to", default=str(BASELINE_ROOT), metavar="DIR",
+                       help=f"the baselines folder (default: ./{BASELINE_ROOT})")
+        p.add_argument("--any", action="store_true", help="fall back to another machine's baseline of SUITE")
 
     def run(self, args, out, err) -> int:
         try:
+            if args.action == "path":
+                path, note = find_baseline(args.suite, args.to, args.any)
+                if note:
+                    err.print(f"[yellow]note:[/] {note}", highlight=False)
+                print(path)
+                return EXIT_OK
             target = save_baseline(args.run_dir, args.to, args.machine, args.force)
         except CompareError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
