@@ -238,11 +238,11 @@ def execute_cell(spec: CellSpec, data: TaskData, registry: "Registry | None" = N
 def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResult) -> None:
     task, device = spec.task, spec.device
     cls = registry.get(spec.method_kind, spec.method)
+    if not cls.supports_device(device):  # first: a method without a GPU path is not waiting for a GPU
+        row.update({"status": "skipped", "message": f"skipped: {spec.method} has no {device} path"})
+        return
     if device == "cuda" and not arrays.cuda_available():
         row.update({"status": "skipped", "message": "skipped: no GPU"})
-        return
-    if not cls.supports_device(device):
-        row.update({"status": "skipped", "message": f"skipped: {spec.method} does not run on {device}"})
         return
     kind = registry.task_kind(task.kind)
     metrics = {name: registry.get("metric", name)() for name in registry.names("metric")}

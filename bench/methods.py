@@ -154,7 +154,7 @@ class Method:
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
         if not self.supports_device(device):
-            raise Unsupported(f"{self.kind} {self.name!r} does not run on {device!r}")
+            raise Unsupported(f"{self.kind} {self.name!r} has no {device} path (devices: {', '.join(self.devices)})")
         if device == "cuda" and not arrays.cuda_available():
             raise RuntimeError("device 'cuda' requested but no CUDA GPU is available")
 

@@ -295,6 +295,22 @@ def _load_file(path: Path) -> Any:
     return module
 
 
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> str | None:
+    """What is wrong with the hooks ``plugin`` implements that no spec defines, each with the closest
+    real hook ("did you mean"); None if it implements none."""
+    found = []
+    for caller_name, caller in sorted(vars(pm.hook).items()):
+        if caller_name.startswith("_") or not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
+            continue
+        if any(impl.plugin is plugin for impl in caller.get_hookimpls()):
+            close = difflib.get_close_matches(caller_name, list(HOOKS), n=1, cutoff=0.6)
+            found.append(f"{caller_name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if not found:
+        return None
+    which = "is not a pricebench hook" if len(found) == 1 else "are not pricebench hooks"
+    return f"implements {', '.join(found)}, which {which}"
+
+
 def load(
     plugins_dir: str | os.PathLike | None = None,
     extra: Iterable[tuple[str, Any]] = (),
@@ -363,7 +379,8 @@ def load(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        raise PluginError(f"plugin {name!r}: {exc} (see bench/hookspecs.py for the hooks)") from None
+        raise PluginError(f"plugin {name!r} {_unknown_hooks(pm, exc.plugin) or f'fails validation: {exc}'} "
+                          f"(hooks: {', '.join(HOOKS)}; see bench/hookspecs.py)") from None
 
     for info, obj in candidates:
         if info.error is not None:

@@ -73,6 +73,14 @@ def task_seed(base: int, task: Task, override: int | None) -> np.random.SeedSequ
     return np.random.SeedSequence([base, zlib.crc32(task.name.encode())])
 
 
+def plugin_versions(registry: Registry) -> list[dict[str, Any]]:
+    """Every plugin the run loaded (built-in and third-party): its name, version, where it came from
+    (an entry point's distribution, a file, an object), what it registers, and why it was skipped."""
+    return [{"name": p.name, "version": p.version, "source": p.source,
+             "registers": [f"{kind}:{name}" for kind, name in p.registered], "error": p.error}
+            for p in registry.plugins]
+
+
 def suite_hash(suite: Suite) -> str:
     """A hash of what the suite's tasks define (resume checks it is the same suite)."""
     blob = json.dumps([[t.name, t.definition(), t.seed, [[m.name, dict(m.settings), list(m.devices)] for m in t.methods],
@@ -190,7 +198,10 @@ class Runner:
         if self.device == "default":
             return spec.devices
         if self.device == "all":
-            return ("cpu", "cuda")
+            # every device the method has a path for: a CPU-only method gets no cuda row (naming cuda
+            # itself, in a suite or with --device cuda, still gives a row that says it has none)
+            cls = self.registry.get(spec.kind, spec.name)
+            return tuple(d for d in ("cpu", "cuda") if cls.supports_device(d)) or ("cpu",)
         return (self.device,)
 
     def plan(self, suite: Suite) -> list[tuple[Task, list[tuple[MethodSpec, str]]]]:
@@ -290,6 +301,10 @@ class Runner:
         todo = [(task, seeds, specs) for task, seeds, specs in todo if specs]
         meta["cells_planned"] = planned
         meta["executor"] = executor.describe()
+        plugins = plugin_versions(self.registry)
+        if meta.get("plugins", plugins) != plugins:  # resumed with other plugins: keep what the first cells ran with
+            meta.setdefault("plugins_before_resume", meta["plugins"])
+        meta["plugins"] = plugins
         if self.on_start:
             self.on_start(sum(len(specs) for _, _, specs in todo))
         remaining = {task.name: len(specs) for task, _, specs in todo}
@@ -375,7 +390,7 @@ class Runner:
             "run_id": run_id,
             "status": "running",
             "suite": suite.name,
-            "suite_path": suite.path,
+            "suite_path": str(Path(suite.path).resolve()),  # absolute: resume and show work from anywhere
             "suite_hash": suite_hash(suite),
             "suite_description": suite.description,
             "seed": self.seed if self.seed is not None else suite.seed,

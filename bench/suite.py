@@ -8,6 +8,7 @@ and settings, wrong types, bad ranges. The first problem raises one
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import itertools
 import json
@@ -34,6 +35,7 @@ MAX_SUITE_BYTES = 1_000_000
 SUITE_KEYS = {
     "name": str,
     "description": str,
+    "runtime": str,
     "seed": int,
     "threads": int,
     "repeats": int,
@@ -164,6 +166,19 @@ class Suite:
     seed: int
     threads: int | None
     tasks: list[Task]
+    runtime: str = ""  # measured wall time of the whole suite and where, e.g. "20 s (2-core AMD EPYC)"
+
+
+# a suite's optional ``runtime``: a measured duration (a number or a range, and a unit), then in
+# parentheses the machine it was measured on: "20 s (2-core AMD EPYC)", "about 25 min (2-core AMD EPYC)"
+RUNTIME = re.compile(r"(?P<time>(?:about |under )?\d+(?:\.\d+)?(?:\s*(?:-|to)\s*\d+(?:\.\d+)?)?\s?(?:s|min|h))"
+                     r" \((?P<where>(?=\S)[^()]*[^()\s])\)")
+
+
+def runtime_parts(runtime: str) -> tuple[str, str]:
+    """A suite's ``runtime`` as (duration, machine): ("20 s", "2-core AMD EPYC"); ("", "") if unset."""
+    match = RUNTIME.fullmatch(runtime)
+    return (match["time"], match["where"]) if match else ("", "")
 
 
 def default_suite_path() -> Path:
@@ -178,7 +193,13 @@ def resolve_path(name: str | Path) -> Path:
     shipped = resources.files("pricebench_suites").joinpath(f"{Path(str(name)).stem}.toml")
     if str(name) == path.stem and shipped.is_file():
         return Path(str(shipped))
-    raise SuiteError(name, "no such suite file (and no shipped suite of that name)")
+    if str(name) != path.stem:  # a path (a folder or a suffix in it): a missing file
+        raise SuiteError(name, "no such suite file")
+    shipped_names = shipped_suites()
+    close = difflib.get_close_matches(str(name), shipped_names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise SuiteError(name, f"no shipped suite of that name and no such file; {hint}(shipped suites: "
+                     f"{', '.join(shipped_names)}; `pricebench suites` describes them)")
 
 
 def shipped_suites() -> list[str]:
@@ -326,7 +347,12 @@ def parse(data: Mapping[str, Any], path: str | Path, registry: Registry) -> Suit
             raise SuiteError(path, "two tasks have this name", task.name, "name")
         seen.add(task.name)
         tasks.append(task)
-    return Suite(name, path, data.get("description", ""), seed, threads, tasks)
+    runtime = data.get("runtime", "")
+    if "runtime" in data and not RUNTIME.fullmatch(runtime):
+        raise SuiteError(path, f"got {runtime!r}; must read like \"20 s (2-core AMD EPYC)\": the measured wall time "
+                         "of the whole suite (a number or a range, then s, min or h; 'about' or 'under' may "
+                         "lead) and, in parentheses, the machine it was measured on", None, "runtime")
+    return Suite(name, path, data.get("description", ""), seed, threads, tasks, runtime)
 
 
 @dataclass

@@ -46,6 +46,34 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic.write_with(path, lambda fh: json.dump(data, fh, indent=2, default=str))
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def folder_summary(directory: str | Path) -> str:
+    """Every file a run folder holds, for the run's closing line: the tables and records by name,
+    plots by name (a count beyond five), and the files under each subfolder counted by type."""
+    directory = Path(directory)
+    top = sorted(p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    order = [CSV_NAME, TARGETS_NAME, JSON_NAME, "rows.jsonl", "samples.jsonl"]
+    named = [n for n in order if n in top] + [n for n in top if n not in order and not n.endswith(".png")]
+    plots = [n for n in top if n.endswith(".png")]
+    parts = list(named)
+    if plots:
+        parts.append(f"{_count(len(plots), 'plot')} ({', '.join(plots)})" if len(plots) <= 5
+                     else _count(len(plots), "plot") + " (*.png)")
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+        files = [p for p in sub.rglob("*") if p.is_file()]
+        if not files:
+            continue
+        types: dict[str, int] = {}
+        for f in files:
+            kind = f".{f.suffix.lstrip('.')}" if f.suffix else "other"
+            types[kind] = types.get(kind, 0) + 1
+        parts.append(f"{sub.name}/ ({', '.join(f'{n} {kind}' for kind, n in sorted(types.items()))})")
+    return ", ".join(parts)
+
+
 def read(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A saved leaderboard: a run folder or its leaderboard.csv."""
     path = Path(path)
