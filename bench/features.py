@@ -11,18 +11,18 @@ Targets (``target``):
   whose prices are homogeneous of degree one in (S, K), ``Model.homogeneous``:
   Black-Scholes, Heston, Merton, Kou; not CEV or sinh_lv) the inputs
   use moneyness ``S/K`` in place of S and K and the target is ``V/K``
-  (Liu, Oosterlee and Bohte 2019; the lecture notebook of seed 000 fixes
+  (Liu, Oosterlee and Bohte 2019; the lecture notebook "Deep Learning for Option Pricing" fixes
   S0 = 1, which is the same thing). Without it, the varying parameters are
   the inputs and the price is the target.
 - ``implied_vol``: the inverse map (IV-ANN): inputs ``S/K``, the varying
   market parameters and the price, target the Black-Scholes volatility. With
-  ``squash = true`` (seed 003's "gradient squash") the price enters as
+  ``squash = true`` (Liu, Oosterlee and Bohte's "gradient squash") the price enters as
   ``log(time value / K)``, time value = price - intrinsic value
   (``max(S e^{-qT} - K e^{-rT}, 0)`` for a call), which spreads the flat
   region of small time values; points whose time value is below
   ``min_time_value`` (times K) cannot be inverted stably and get NaN.
 
-Standardisation uses the training set only (the notebook of seed 000 fits a
+Standardisation uses the training set only (the lecture notebook fits a
 second scaler on its test set; we never do): per column
 ``(x - mean) / std``, and the same for ``y``. The training set's bounding box
 in feature space is kept: a point outside it is an extrapolation, and a

@@ -31,7 +31,7 @@ from bench.methods import Approximator
 from bench.plugins import get_registry
 from pricebench_plugins.kinds.approximate import _break_even, arbitrage_audit
 
-# seed 003's BS-ANN domain (K = 1) and its narrow test domain
+# the BS-ANN domain of Liu, Oosterlee & Bohte 2019 (K = 1) and its narrow test domain
 WIDE = {"S": [0.4, 1.6], "T": [0.2, 1.1], "r": [0.02, 0.1], "sigma": [0.01, 1.0]}
 NARROW = {"S": [0.5, 1.5], "T": [0.3, 0.95], "r": [0.03, 0.08], "sigma": [0.02, 0.9]}
 ACCURACY = ("mae", "rmse", "max_abs_error", "r2", "max_err_s100", "failures",
@@ -39,7 +39,7 @@ ACCURACY = ("mae", "rmse", "max_abs_error", "r2", "max_err_s100", "failures",
 
 
 def bs_ann(name="bs_ann", **over):
-    """An approximate task on seed 003's Black-Scholes call domain (least squares: fast and deterministic)."""
+    """An approximate task on Liu et al.'s (2019) Black-Scholes call domain (least squares: fast and deterministic)."""
     task = {"name": name, "kind": "approximate", "model": "black_scholes", "product": "european_call", "n": 4000,
             "sampler": "lhs", "fixed": {"K": 1.0, "q": 0.0}, "domain": dict(WIDE), "pricer": "closed_form",
             "test": 4000, "methods": [{"name": "least_squares", "settings": {"degree": 6}}]}
@@ -429,7 +429,7 @@ def documented_audit_grid():
 
 def test_the_audit_of_a_run_finds_a_bad_approximator(tmp_path):
     """The audit of a run audits the fitted function, also when it was trained at one strike (K = 1, as in
-    seed 003): it priced every grid point at K != 1 as NaN and reported no arbitrage at all."""
+    Liu et al. 2019): it priced every grid point at K != 1 as NaN and reported no arbitrage at all."""
     registry = host.load(only="closed_form,black_scholes,least_squares,metrics,kinds",
                          extra=[("constant", ConstantPlugin)])
     methods = ["constant", {"name": "least_squares", "settings": {"degree": 4}}]

@@ -266,8 +266,8 @@ def test_bad_settings(bad, setting):
 def test_presets_fill_what_is_not_given():
     default = MLP()
     assert (default.depth, default.width, default.activation, default.preset) == (3, 200, "silu", None)
-    seed000 = MLP(preset="seed000")
-    assert (seed000.depth, seed000.width, seed000.activation) == (3, 200, "relu")
+    notebook = MLP(preset="lecture_notebook")
+    assert (notebook.depth, notebook.width, notebook.activation) == (3, 200, "relu")
     liu = MLP(preset="liu2019")
     assert (liu.depth, liu.width, liu.activation) == (4, 400, "relu")
     mixed = MLP(preset="liu2019", depth=2, activation="tanh")  # explicit settings win

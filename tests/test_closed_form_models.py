@@ -76,7 +76,7 @@ def test_cev_references_r0_and_r5():
         (dict(S=100, K=100, T=1, r=0.05, lam=20), 17.1204856228),
         (dict(S=100, K=110, T=0.5, r=0.03, lam=10), 4.2446426339),
         (dict(S=100, K=90, T=2, r=0.05, lam=30), 33.3763584046),
-        (dict(S=50, K=50, T=1, r=0.05, lam=0.25), 7.4242990203),  # seed 004's case
+        (dict(S=50, K=50, T=1, r=0.05, lam=0.25), 7.4242990203),  # Shorokhov's (2021) case
     ],
 )
 def test_sinh_lv_references(kw, want):

@@ -196,8 +196,8 @@ def test_black_karasinski_tends_to_deterministic_bond(mu, mu_sin, r0):
     assert abs(prices[2] - exact) > abs(prices[1] - exact)  # convexity: volatility moves the price
 
 
-def test_black_karasinski_seed_variant_against_monte_carlo():
-    """Seed 002: mu(t) = sin t, ln r0 = 0. Exact simulation of the OU deviation of ln r
+def test_black_karasinski_sin_level_against_monte_carlo():
+    """Spence, Brolly and Xue's level: mu(t) = sin t, ln r0 = 0. Exact simulation of the OU deviation of ln r
     around its mean (the mean from an ODE solver), trapezoidal rule for int r dt."""
     from scipy.integrate import solve_ivp
 

@@ -408,20 +408,20 @@ def test_mlmc_test_report_gbm():
     comp = res.complexity
     assert (comp.savings > 1).all() and {"rms_error", "N_0", "mc_cost"} <= set(comp.columns)
     assert res.cost_slopes["mc"] < res.cost_slopes["mlmc"] < -1.5
-    sd = res.seed002
+    sd = res.mse_split
     assert len(sd) == 5 and {"bias_est", "bias_exact", "mse_est", "mse_exact"} <= set(sd.columns)
     text = mlmc_test_cmd.report_text(res)
-    assert "alpha" in text and "savings" in text and "Seed 002" in text
+    assert "alpha" in text and "savings" in text and "MSE split (Spence, Brolly & Xue)" in text
 
 
-def test_seed002_exact_bias_gbm_euler_is_precise():
-    """Seed 002 with the same-path exact solution: for GBM Euler (M = 2) the exact bias on
+def test_mse_split_exact_bias_gbm_euler_is_precise():
+    """The MSE split with the same-path exact solution: for GBM Euler (M = 2) the exact bias on
     levels 1..3 is resolved (> 3 se), agrees with the h-vs-h/M estimate within 30% and about
     halves per halving of h; the optimal-h plain-MC cost with alpha = 1 has slope -3."""
     res = driver.mlmc_test(levels(scheme="euler", M=2, seed=2), 2, 1_000_000, 4, 500, [0.1, 0.05, 0.02, 0.01],
                                exact=GBM_EXACT, alpha=1.0, exact_paths=2_000_000)
-    sd = res.seed002.set_index("l")
-    assert res.seed002_info["bias_exact"] == driver.SEED002_SAME_PATH
+    sd = res.mse_split.set_index("l")
+    assert res.mse_split_info["bias_exact"] == driver.BIAS_SAME_PATH
     for l in (1, 2, 3):
         bias, se, est = sd.bias_exact[l], sd.bias_exact_stderr[l], sd.bias_est[l]
         assert abs(bias) > 3 * se, (l, bias, se)
@@ -429,7 +429,7 @@ def test_seed002_exact_bias_gbm_euler_is_precise():
         assert sd.mse_exact[l] == pytest.approx(sd.var_over_paths[l] + bias ** 2)
     for l in (2, 3):
         assert 1.5 < sd.bias_ratio[l] < 3.0, (l, sd.bias_ratio[l])  # Euler: weak order 1, M = 2
-    assert 0.7 < res.seed002_info["alpha_exact"] < 1.5
+    assert 0.7 < res.mse_split_info["alpha_exact"] < 1.5
     # plain MC at the optimal step, alpha fixed at 1: cost ~ eps^-3
     comp = res.complexity
     assert res.mc_optimal["alpha"] == 1.0 and res.mc_optimal["alpha_source"] == "given"
@@ -453,24 +453,33 @@ def test_optimal_h_mc_cost_on_a_synthetic_weak_error():
         assert abs(r.n_opt - n) <= 0.06 * n
         assert r.mc_cost_opt == pytest.approx(w["var_P"] * w["C0"] * r.n_opt ** w["gamma"] / (r.eps ** 2 / 2))
     # no exact path solution: the exact bias is E[P_h] - exact from independent samples, and says so
-    assert res.seed002_info["bias_exact"] == driver.SEED002_INDEPENDENT
-    assert "bias_ratio" not in res.seed002 and "no exact path solution" in mlmc_test_cmd.report_text(res)
+    assert res.mse_split_info["bias_exact"] == driver.BIAS_INDEPENDENT
+    assert "bias_ratio" not in res.mse_split and "no exact path solution" in mlmc_test_cmd.report_text(res)
+
+
+def mlmc_test_folder(root):
+    """The one run folder under ``root``: ``--out`` is a results root, as for ``pricebench run``."""
+    (folder,) = (root / "mlmc_test").iterdir()
+    return folder
 
 
 def test_cli_mlmc_test_writes_files(tmp_path, capsys, restore_registry):
-    out = tmp_path / "mt"
+    root = tmp_path / "mt"
     code = cli.main(["mlmc-test", "--N", "2000", "--L", "3", "--N0", "200", "--eps", "0.2,0.1", "--repeats", "2",
-                     "--alpha", "1", "--gamma", "1", "--exact-paths", "5000", "--out", str(out), "--threads", "1"])
+                     "--alpha", "1", "--gamma", "1", "--exact-paths", "5000", "--out", str(root), "--threads", "1"])
     assert code == 0
+    out = mlmc_test_folder(root)
     text = capsys.readouterr().out
     assert "convergence" in text and "complexity" in text and "wrote" in text
+    for name in ("mse_split.csv", "report.txt", "summary.json", "cost_vs_eps.png", "levels.png"):
+        assert name in " ".join(text.split()), name  # the closing line names every file it wrote
     assert "MC cost (level L)" in text and "MC cost (optimal h)" in text and "same Brownian path" in text
-    for name in ("convergence.csv", "complexity.csv", "seed002_mse.csv", "report.txt", "summary.json",
+    for name in ("convergence.csv", "complexity.csv", "mse_split.csv", "report.txt", "summary.json",
                  "cost_vs_eps.png", "levels.png"):
         assert (out / name).is_file(), name
     comp = pd.read_csv(out / "complexity.csv")
     assert list(comp.eps) == [0.2, 0.1] and {"rms_error", "mc_cost", "mc_cost_opt", "savings_opt", "n_opt"} <= set(comp)
-    seed = pd.read_csv(out / "seed002_mse.csv")
+    seed = pd.read_csv(out / "mse_split.csv")
     assert {"bias_exact", "bias_exact_stderr", "bias_est", "mse_est", "mse_exact", "bias_ratio"} <= set(seed)
     summary = json.loads((out / "summary.json").read_text())
     settings = summary["settings"]
@@ -478,21 +487,22 @@ def test_cli_mlmc_test_writes_files(tmp_path, capsys, restore_registry):
     assert settings["alpha"] == 1.0 and settings["alpha_used"] == 1.0 and settings["beta"] is None
     assert settings["gamma_used"] == 1.0 and settings["exact_paths"] == 5000 and settings["weak_order"] == 1.0
     assert summary["mc_optimal_h"]["alpha_source"] == "given" and "mc_opt" in summary["cost_slopes"]
-    assert summary["seed002"]["bias_exact"] == driver.SEED002_SAME_PATH
+    assert summary["mse_split"]["bias_exact"] == driver.BIAS_SAME_PATH
     report_txt = (out / "report.txt").read_text()
     assert "MC cost (optimal h)" in report_txt and "MC cost (level L)" in report_txt
     assert (out / "cost_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_mlmc_test_other_model(tmp_path, capsys, restore_registry):
-    out = tmp_path / "bk"
+    root = tmp_path / "bk"
     code = cli.main(["mlmc-test", "--model", "black_karasinski", "--param", "sigma=0.3", "--N", "2000", "--L", "2",
-                     "--N0", "200", "--eps", "0.002", "--refit", "--out", str(out)])
+                     "--N0", "200", "--eps", "0.002", "--refit", "--out", str(root)])
     assert code == 0
+    out = mlmc_test_folder(root)
     settings = json.loads((out / "summary.json").read_text())["settings"]
     assert settings["params"]["sigma"] == 0.3 and settings["exact_source"] == "fd" and settings["scheme"] == "euler"
     assert settings["refit"] and settings["alpha_used"] is None
-    assert settings["seed002_bias"] == driver.SEED002_INDEPENDENT  # no exact path solution for BK
+    assert settings["exact_bias_method"] == driver.BIAS_INDEPENDENT  # no exact path solution for BK
     assert "no exact path solution" in (out / "report.txt").read_text()
 
 

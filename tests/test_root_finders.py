@@ -37,8 +37,8 @@ def call_price(**params):
     return bench.price("closed_form", model="black_scholes", product="european_call", **params)
 
 
-def seed003(n):
-    """The seed-003 benchmark set (Liu, Oosterlee & Bohte 2019; suite iv_rootfinders):
+def speed_test(n):
+    """The speed test of Liu, Oosterlee & Bohte (2019; suite iv_rootfinders, task speed_test):
     ATM European calls, S = K = 1, T = 0.5, r = 0, sigma ~ U[0.01, 0.99], drawn here with seed 3."""
     sigma = np.random.default_rng(3).uniform(0.01, 0.99, n)
     return call_price(S=1.0, K=1.0, T=0.5, r=0.0, sigma=sigma), sigma
@@ -94,9 +94,9 @@ def test_default_settings():
 
 
 @pytest.mark.parametrize("name, settings", CASES, ids=CASE_IDS)
-def test_recovers_sigma_on_seed003(name, settings):
+def test_recovers_sigma_on_speed_test(name, settings):
     n = 2_000 if name == "scipy_brentq" else 20_000
-    price, sigma = seed003(n)
+    price, sigma = speed_test(n)
     res = bench.implied_vol(name, price=price, S=1.0, K=1.0, T=0.5, r=0.0, **settings)
     assert res.converged.all(), res.summary()
     assert (res.status == IVStatus.CONVERGED).all()
@@ -203,7 +203,7 @@ def test_no_sign_change_in_the_bracket(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_iteration_cap(name):
-    price, _ = seed003(100)
+    price, _ = speed_test(100)
     res = bench.implied_vol(name, price=price, S=1.0, K=1.0, T=0.5, r=0.0, maxiter=2)
     assert (res.status == IVStatus.MAX_ITERATIONS).all()
     assert (res.iterations == 2).all() and np.isnan(res.sigma).all()
@@ -386,7 +386,7 @@ def test_scipy_brentq_is_cpu_only():
 
 @pytest.mark.parametrize("name", VECTORISED)
 def test_backends_place_the_data(name):
-    price, _ = seed003(10)
+    price, _ = speed_test(10)
     inputs = bench.api.iv_inputs(price, 1.0, 1.0, 0.5, 0.0, 0.0, "call")
     flat = {k: np.ravel(v) for k, v in inputs.items()}
     assert isinstance(finder(name).prepare(flat)["price"], np.ndarray)
@@ -401,7 +401,7 @@ def test_backends_place_the_data(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", VECTORISED)
 def test_cuda_matches_cpu(name):
-    price, sigma = seed003(20_000)
+    price, sigma = speed_test(20_000)
     gpu = bench.implied_vol(name, price=price, S=1.0, K=1.0, T=0.5, r=0.0, device="cuda")
     cpu = bench.implied_vol(name, price=price, S=1.0, K=1.0, T=0.5, r=0.0)
     assert gpu.converged.all()

@@ -13,23 +13,24 @@ Suite keys (besides the common ones; ``n`` is the training set size):
 
 - ``pricer`` (required): the labelling pricer, a name or ``{name, settings}``;
 - ``reference``: the pricer that labels the test sets (default: ``pricer``;
-  seed 002 trains on Monte Carlo labels and scores against the PDE);
+  Spence, Brolly and Xue train on Monte Carlo labels, scored here against the PDE);
 - ``target``: ``"price"`` (default) or ``"implied_vol"``;
 - ``homogeneous``: learn ``V/K`` on ``S/K`` (default true for models whose prices are homogeneous of
   degree one in S and K: black_scholes, heston, merton, kou; not cev or sinh_lv);
 - ``squash``: implied_vol only, the price enters as log(time value / K);
   ``min_time_value`` (default 1e-7): points whose time value / K is below it
-  are dropped from every set (seed 003), the count is reported;
+  are dropped from every set (Liu, Oosterlee and Bohte 2019), the count is reported;
 - ``validation`` (default n // 10), ``test`` (default 10,000): set sizes;
 - ``narrow``: an inner domain ``{param = [low, high], ...}`` inside the
   training domain, with its own test set of ``narrow_test`` points (default
-  ``test``); seed 003 shows errors grow near the boundary, and both sets
+  ``test``); Liu, Oosterlee and Bohte (2019) show errors grow near the boundary, and both sets
   are scored (the leaderboard's metric columns are the wide set's,
   ``narrow_*`` the narrow set's);
 - ``noise``: standard deviation of Gaussian noise added to the training and
-  validation labels (seed 000's experiment), in the label's units: the
-  price for a price target, the volatility for an implied_vol target (the
-  price, an input there, stays clean); test labels stay clean;
+  validation labels (the experiment of the lecture notebook "Deep Learning for
+  Option Pricing"), in the label's units: the price for a price target, the
+  volatility for an implied_vol target (the price, an input there, stays
+  clean); test labels stay clean;
 - ``audit`` (default true for option prices): the no-arbitrage audit.
 
 Validation and test points come from the task's sampler (``uniform`` where

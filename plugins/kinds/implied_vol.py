@@ -23,7 +23,8 @@ class ImpliedVolKind(TaskKind):
     any other equity model (Heston, say: the implied volatility of its prices) the reference is a root
     finder applied to the prices of ``reference_pricer`` (default: ``pricer``); with ``pricer`` a
     ``learned`` Heston-ANN and ``reference_pricer`` COS, the candidates invert the network's prices and
-    are scored against COS -> root finder: seed 003's Heston-ANN -> IV-ANN pipeline against COS -> Brent.
+    are scored against COS -> root finder: Liu, Oosterlee and Bohte's (2019) Heston-ANN -> IV-ANN pipeline
+    against COS -> Brent.
     """
 
     name = "implied_vol"

@@ -8,16 +8,16 @@ Dynamics (risk-neutral), with a reversion level mu(t) > 0::
 Product ``zero_coupon_bond``: P(0, T) = E[exp(-int_0^T r(t) dt)].
 
 ``mu_sin`` defaults to 0, which is the usual model with a constant level
-``mu``. The time-dependent level of seed 002 ("Efficient Approximation of
-Pricing Functions") is ``mu = 0, mu_sin = 1, r0 = 1``: its Monte Carlo
+``mu``. The time-dependent level of Spence, Brolly and Xue ("Efficient Approximation of
+Pricing Functions", a project with Moody's) is ``mu = 0, mu_sin = 1, r0 = 1``: their Monte Carlo
 code sets ``lnmu = log(sin(t))`` and starts from ``ln r = 0``, so there
 mu(t) = sin t is the level itself (it is the logarithm ``ln mu(t)`` that
 enters the drift; ``theta(t) = alpha ln sin t`` in the Hull-White-style
 form d ln r = (theta(t) - alpha ln r) dt + sigma dW). That is defined only
-while sin t > 0, i.e. for T < pi; the seed uses T <= 1. At t = 0 the level
+while sin t > 0, i.e. for T < pi; they use T <= 1. At t = 0 the level
 is 0 and ln mu(t) ~ ln t, an integrable singularity: the mean of ln r,
 m(t) = e^{-alpha t} ln r0 + alpha int_0^t e^{-alpha (t-s)} ln mu(s) ds,
-stays finite and continuous (see :func:`log_rate_mean`). The seed's own
+stays finite and continuous (see :func:`log_rate_mean`). Their own
 numbers come from an Euler scheme with dt = 0.1 (mu taken at the step's
 end, right-endpoint rule for the integral), so they carry an O(dt) bias
 against this continuous model.

@@ -1,4 +1,5 @@
-"""The hyperbolic-sine local-volatility model (seed 004, Shorokhov 2021).
+"""The hyperbolic-sine local-volatility model (Shorokhov, "On deep learning for option pricing in local
+volatility models", GRID'2021).
 
     dS = r S dt + sqrt(2 r S^2 + lam^2) dW,   r > 0, lam > 0, no dividend yield.
 

@@ -1,6 +1,7 @@
 """Multilevel Monte Carlo, the algorithm: Giles' adaptive MLMC, the computations
-of his ``mlmc_test`` (convergence and complexity tests) and seed 002's error
-analysis, generic over a level function.
+of his ``mlmc_test`` (convergence and complexity tests) and the MSE split of plain
+Monte Carlo (Spence, Brolly and Xue, "Efficient Approximation of Pricing Functions",
+section 2.2), generic over a level function.
 
 This is the ``mlmc`` pricer's driver (:mod:`.mlmc`); the ``pricebench
 mlmc-test`` command that presents :func:`mlmc_test`'s result (tables, CSV,
@@ -39,7 +40,7 @@ the level's cost C_l is used, as Giles' ``mlmc_test`` does). And, where the
 model has an exact path solution (GBM), ``exact_coupling(l, N) -> (sums, cost)``
 with ``sums`` (B, 4): the sums of D = P_l - P_exact, D^2, P_exact, P_exact^2,
 P_exact the payoff of the exact solution on the *same* Brownian path as the
-scheme's path with h_l (seed 002's comparison); E[D] = E[P_l] - P is then the
+scheme's path with h_l (Spence, Brolly and Xue's comparison); E[D] = E[P_l] - P is then the
 scheme's bias, measured with the small variance V[D] instead of V[P_l].
 :func:`scalar_level` adapts a Giles-style function ``fn(l, N) -> (sums[6], cost)``.
 
@@ -94,7 +95,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "MLMCResult", "MLMCTestResult", "MLMCWarning", "SEED002_INDEPENDENT", "SEED002_SAME_PATH", "fit_rate", "mlmc",
+    "MLMCResult", "MLMCTestResult", "MLMCWarning", "BIAS_INDEPENDENT", "BIAS_SAME_PATH", "fit_rate", "mlmc",
     "mlmc_test", "scalar_level",
 ]
 
@@ -419,11 +420,11 @@ class MLMCTestResult:
     rates: dict[str, float]
     complexity: pd.DataFrame  # one row per eps
     cost_slopes: dict[str, float]
-    seed002: pd.DataFrame  # one row per level 0..L-1
+    mse_split: pd.DataFrame  # one row per level 0..L-1: plain MC's MSE = variance / N + bias^2
     warnings: list[str]
     timings: dict[str, float]
     mc_optimal: dict[str, Any] = field(default_factory=dict)  # the weak-error model behind "MC cost (optimal h)"
-    seed002_info: dict[str, Any] = field(default_factory=dict)  # how seed 002's exact bias was measured
+    mse_split_info: dict[str, Any] = field(default_factory=dict)  # how the MSE split's exact bias was measured
 
 
 def _kurtosis(s1, s2, s3, s4):
@@ -467,7 +468,7 @@ def _convergence(level_fn, M, N, L, on_stage):
 
 
 def _exact_coupling(level_fn, L: int, N: int, on_stage) -> pd.DataFrame | None:
-    """Seed 002's same-path coupling on levels 0..L-1 (None if the level function has none):
+    """The same-path coupling with the exact solution on levels 0..L-1 (None if the level function has none):
     N paths each, mean and variance of D = P_l - P_exact and of P_exact."""
     import pandas as pd
 
@@ -483,18 +484,19 @@ def _exact_coupling(level_fn, L: int, N: int, on_stage) -> pd.DataFrame | None:
                      "var_Pex": max(s[3] - s[2] ** 2, 0.0),
                      "cost": float(np.asarray(cost, dtype=np.float64).reshape(-1)[0]) / N})
         if on_stage:
-            on_stage(f"seed 002 exact coupling: level {l} done ({time.perf_counter() - t0:.2f} s)")
+            on_stage(f"exact-solution coupling: level {l} done ({time.perf_counter() - t0:.2f} s)")
     return pd.DataFrame(rows)
 
 
-SEED002_SAME_PATH = "same-path exact solution: E[P_h - P_exact] with the same Brownian path"
-SEED002_INDEPENDENT = "E[P_h] - exact value from independent samples (no exact path solution for this model)"
+BIAS_SAME_PATH = "same-path exact solution: E[P_h - P_exact] with the same Brownian path"
+BIAS_INDEPENDENT = "E[P_h] - exact value from independent samples (no exact path solution for this model)"
 
 
-def _seed002(conv: pd.DataFrame, M: int, N: int, paths: int, order: float, exact: float | None,
-             coupling: pd.DataFrame | None = None, coupling_paths: int | None = None
-             ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Seed 002's MSE split for plain MC with ``paths`` paths on each level's grid.
+def _mse_split(conv: pd.DataFrame, M: int, N: int, paths: int, order: float, exact: float | None,
+               coupling: pd.DataFrame | None = None, coupling_paths: int | None = None
+               ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The MSE split of plain MC with ``paths`` paths on each level's grid (Spence, Brolly and Xue,
+    "Efficient Approximation of Pricing Functions", section 2.2).
 
     MSE(h) = V[P_h] / paths + bias(h)^2, two ways:
 
@@ -538,8 +540,8 @@ def _seed002(conv: pd.DataFrame, M: int, N: int, paths: int, order: float, exact
             row["mse_exact"] = var / paths + measured * measured
         rows.append(row)
     frame = pd.DataFrame(rows)
-    info: dict[str, Any] = {"bias_exact": (SEED002_SAME_PATH if coupling is not None else
-                                           SEED002_INDEPENDENT if exact is not None else None),
+    info: dict[str, Any] = {"bias_exact": (BIAS_SAME_PATH if coupling is not None else
+                                           BIAS_INDEPENDENT if exact is not None else None),
                             "weak_order_est": order, "paths": paths,
                             "exact_paths": coupling_paths if coupling is not None else N}
     if not len(frame):
@@ -635,7 +637,7 @@ def mlmc_test(
     meta: Mapping[str, Any] | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> MLMCTestResult:
-    """Giles' ``mlmc_test``: convergence tests, rates, complexity tests; plus seed 002's MSE analysis.
+    """Giles' ``mlmc_test``: convergence tests, rates, complexity tests; plus the MSE split of plain MC.
 
     1. Convergence: ``N`` samples on each level 0..L: mean and variance of
        Y_l and P_l, kurtosis of Y_l, cost per sample and the consistency
@@ -658,13 +660,13 @@ def mlmc_test(
        corrections (see :func:`_weak_error_model`), cost V[P] C_0 n^gamma /
        ((1 - theta) eps^2) (theory: slope -2 - gamma/alpha). The slopes of
        log cost against log eps for MLMC and both plain-MC costs.
-    3. Seed 002 (section 2.2): per level, plain MC's MSE with ``mse_paths``
+    3. The MSE split (Spence, Brolly and Xue, section 2.2): per level, plain MC's MSE with ``mse_paths``
        paths split into variance and squared bias, the bias estimated from h
        against h/M with weak order ``weak_order``, beside the exact bias: from
        ``level_fn.exact_coupling`` when offered (D = P_h - P_exact on the same
        Brownian path, ``exact_paths`` paths per level, default 10 N: its
        standard error shrinks like sqrt(h), the bias like h^alpha), else
-       E[P_h] - ``exact`` from the N independent samples (see :func:`_seed002`).
+       E[P_h] - ``exact`` from the N independent samples (see :func:`_mse_split`).
 
     ``alpha``, ``beta``, ``gamma``: fixed rates (h units) for the complexity
     runs and the optimal-h model; None: fitted by the convergence test.
@@ -775,23 +777,23 @@ def mlmc_test(
 
     t2 = time.perf_counter()
     coupling = _exact_coupling(level_fn, L, exact_paths, on_stage)
-    seed, seed_info = _seed002(conv, M, N, mse_paths, weak_order, exact, coupling, exact_paths)
+    split, split_info = _mse_split(conv, M, N, mse_paths, weak_order, exact, coupling, exact_paths)
     if coupling is not None:
-        timings["seed002_s"] = time.perf_counter() - t2
+        timings["mse_split_s"] = time.perf_counter() - t2
         if exact is not None and len(coupling):
             # the exact solution's payoff must average to the exact value: a check of the coupling
             z = np.abs(coupling.mean_Pex - exact) / np.sqrt(coupling.var_Pex / exact_paths)
             if (z > 4.5).any():
-                notes.append(f"seed 002: the exact-solution payoff's mean is {z.max():.1f} standard errors from the "
+                notes.append(f"MSE split: the exact-solution payoff's mean is {z.max():.1f} standard errors from the "
                              f"exact value {exact:.6g}: the coupling or the exact value looks wrong")
-            seed_info["exact_payoff_max_z"] = float(z.max())
+            split_info["exact_payoff_max_z"] = float(z.max())
     settings = {"M": M, "N": N, "L": L, "N0": N0, "eps": eps_list, "Lmin": Lmin, "Lmax": Lmax, "theta": theta,
                 "repeats": repeats, "exact": exact, "mse_paths": mse_paths,
                 "exact_paths": exact_paths if coupling is not None else None, "weak_order": weak_order,
                 "alpha": alpha, "beta": beta, "gamma": gamma,
                 "alpha_used": use_a, "beta_used": use_b, "gamma_used": use_g, "refit": refit,
                 "mc_cost": "fine path only" if fine_cost is not None else "C_L of the level (Giles)",
-                "seed002_bias": seed_info["bias_exact"]}
+                "exact_bias_method": split_info["bias_exact"]}
     settings.update(dict(meta or {}))
     timings["total_s"] = time.perf_counter() - t0
-    return MLMCTestResult(settings, conv, rates, comp, slopes, seed, notes, timings, weak, seed_info)
+    return MLMCTestResult(settings, conv, rates, comp, slopes, split, notes, timings, weak, split_info)

@@ -32,7 +32,7 @@ The one-step updates and the payoff are those of the ``mc`` kernels (:mod:`._sde
 the fine path feeds them standard normals, the coarse path the summed Brownian increments.
 CEV takes S^beta exactly for beta = 0, 1/2, 1 (1, sqrt(S), S), exp(beta ln S) otherwise.
 
-Seed 002's exact coupling (``black_scholes`` only, the model with an exact
+The exact coupling of the MSE split (``black_scholes`` only, the model with an exact
 path solution): :func:`exact_sums` returns on level l the sums of
 D = P_h - P_exact, D^2, P_exact and P_exact^2, where P_h is the scheme's path
 with M^l steps (the same update as the level estimator's fine path) and
@@ -420,7 +420,7 @@ def _bs_exact_block(st, n, l, M, milstein, sign, S0, K, T, r, q, sigma):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def exact_sums(scheme, sign, l, M, P, rows, keys, N, block0, seed, out):
-    """Seed 002's same-path coupling for ``black_scholes`` (the model with an exact
+    """The MSE split's same-path coupling for ``black_scholes`` (the model with an exact
     path solution): per batch entry b, sums over ``N[b]`` paths of D = P_h - P_exact,
     D^2, P_exact, P_exact^2 (``out[b, :4]``), P_h on the grid of level ``l``.
 

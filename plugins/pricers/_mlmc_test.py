@@ -2,8 +2,9 @@
 estimators, the presentation half of :mod:`._mlmc_driver`.
 
 The driver computes (:func:`._mlmc_driver.mlmc_test`: the convergence test per
-level, the fitted rates, the complexity test per eps, seed 002's MSE
-analysis); this module turns its :class:`~._mlmc_driver.MLMCTestResult` into
+level, the fitted rates, the complexity test per eps, the MSE split of plain
+Monte Carlo after Spence, Brolly and Xue); this module turns its
+:class:`~._mlmc_driver.MLMCTestResult` into
 rich tables (:func:`render`), the plain-text report laid out like Giles'
 output (:func:`report_text`), CSV files, ``summary.json`` and two PNG plots
 (:func:`write_report`, every file written atomically), and holds the command
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench.commands import Command, count_arg
-from pricebench_plugins.pricers._mlmc_driver import SEED002_INDEPENDENT, SEED002_SAME_PATH, MLMCTestResult
+from pricebench_plugins.pricers._mlmc_driver import BIAS_INDEPENDENT, BIAS_SAME_PATH, MLMCTestResult
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -89,19 +90,21 @@ def _beta_eq_gamma(res: MLMCTestResult) -> bool:
     return bool(abs(b - g) < 0.2)
 
 
-def _seed002_caption(res: MLMCTestResult) -> tuple[str, str]:
-    """(title, explanation) of the seed-002 table."""
-    s, info = res.settings, res.seed002_info
-    title = f"Seed 002: plain MC with {s['mse_paths']} paths on h = T/{s['M']}^l, MSE = V/N + bias^2"
+def _mse_split_caption(res: MLMCTestResult) -> tuple[str, str]:
+    """(title, explanation) of the MSE-split table (Spence, Brolly and Xue, "Efficient Approximation of
+    Pricing Functions", section 2.2)."""
+    s, info = res.settings, res.mse_split_info
+    title = (f"MSE split (Spence, Brolly & Xue): plain MC with {s['mse_paths']} paths on h = T/{s['M']}^l, "
+             "MSE = V/N + bias^2")
     p = s.get("weak_order", 1.0)
     est = f"bias est = M^p/(M^p-1) |E[P_h - P_(h/M)]| from the coupled levels (p = {p:g})"
     method = info.get("bias_exact")
-    if method == SEED002_SAME_PATH:
+    if method == BIAS_SAME_PATH:
         text = (f"{est}; bias = E[P_h - P_exact] on the same Brownian path (exact solution "
                 f"S0 exp((r - q - sigma^2/2) T + sigma W_T)), {info.get('exact_paths')} paths per level, "
                 "+- its se; "
                 "ratio = bias(M h) / bias(h) where both exceed 3 se")
-    elif method == SEED002_INDEPENDENT:
+    elif method == BIAS_INDEPENDENT:
         text = (f"{est}; bias = E[P_h] - exact value from the convergence test's {info.get('exact_paths')} "
                 "independent samples, +- se = sqrt(V[P_h]/N): this model has no exact path solution, so the se "
                 "swamps the bias beyond the coarsest levels")
@@ -110,11 +113,11 @@ def _seed002_caption(res: MLMCTestResult) -> tuple[str, str]:
     return title, text
 
 
-def _seed002_footer(res: MLMCTestResult) -> str | None:
-    info = res.seed002_info
+def _mse_split_footer(res: MLMCTestResult) -> str | None:
+    info = res.mse_split_info
     if info.get("bias_exact") is None or "alpha_exact" not in info:
         return None
-    sd = res.seed002
+    sd = res.mse_split
     sig = info.get("significant_levels", [])
     ratio = ", ".join(_g(v, ".2f") for l, v in zip(sd.l, sd.bias_est_over_exact) if l in sig)
     lv = info["alpha_exact_levels"]
@@ -166,9 +169,9 @@ def report_text(res: MLMCTestResult) -> str:
         out.append(f"{r['eps']:.3e}  {r['mlmc_cost']:.3e}  {r['mc_cost']:17.3e}  {r['savings']:7.2f}   "
                    f"{_g(r['mc_cost_opt'], '.3e'):>19}  {r['n_opt']:8d}  {_g(r['savings_opt'], '.2f'):>7}")
     out += [""] + [" " + line for line in _slope_lines(res)] + [""]
-    title, text = _seed002_caption(res)
+    title, text = _mse_split_caption(res)
     out += [star, f"*** {title}", star, "", " " + text, ""]
-    sd = res.seed002
+    sd = res.mse_split
     exact = "bias_exact" in sd
     ratio = "bias_ratio" in sd
     head = " l      h       E[P_h]      V/N        bias_est   mse_est"
@@ -183,7 +186,7 @@ def report_text(res: MLMCTestResult) -> str:
             line += (f"  {r['bias_exact']:+.3e} ({r['bias_exact_stderr']:.1e})  "
                      + (f"{_g(r['bias_ratio'], '.2f'):>6}  " if ratio else "") + f"{r['mse_exact']:.3e}")
         out.append(line)
-    foot = _seed002_footer(res)
+    foot = _mse_split_footer(res)
     if foot:
         out += ["", " " + foot]
     if res.warnings:
@@ -247,13 +250,13 @@ def render(res: MLMCTestResult, console=None) -> None:
     for r in comp.to_dict("records"):
         t.add_row(f"{r['eps']:g}", *(str(int(r[c])) if r[c] > 0 else "" for c in nl_cols))
     console.print(t)
-    sd = res.seed002
+    sd = res.mse_split
     exact = "bias_exact" in sd
     ratio = "bias_ratio" in sd
     cols = ["l", "V/N", "bias est", "MSE est"]  # E[P_h] is ave(Pf) of the convergence table
     if exact:
         cols += ["bias", "± se"] + (["ratio"] if ratio else []) + ["MSE"]
-    title, text = _seed002_caption(res)
+    title, text = _mse_split_caption(res)
     t = table(title, cols, caption=text)
     for r in sd.to_dict("records"):
         cells = [str(r["l"]), _g(r["var_over_paths"], ".2e"),
@@ -264,7 +267,7 @@ def render(res: MLMCTestResult, console=None) -> None:
             cells += [_g(r["mse_exact"], ".2e")]
         t.add_row(*cells)
     console.print(t)
-    foot = _seed002_footer(res)
+    foot = _mse_split_footer(res)
     if foot:
         console.print(foot, highlight=False)
     for w in res.warnings:
@@ -356,7 +359,7 @@ def plot_levels(res: MLMCTestResult, path: Path) -> None:
 
 CONVERGENCE_CSV = "convergence.csv"
 COMPLEXITY_CSV = "complexity.csv"
-SEED002_CSV = "seed002_mse.csv"
+MSE_SPLIT_CSV = "mse_split.csv"
 REPORT_TXT = "report.txt"
 SUMMARY_JSON = "summary.json"
 COST_PNG = "cost_vs_eps.png"
@@ -373,14 +376,14 @@ def write_report(res: MLMCTestResult, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, frame in ((CONVERGENCE_CSV, res.convergence), (COMPLEXITY_CSV, res.complexity),
-                        (SEED002_CSV, res.seed002)):
+                        (MSE_SPLIT_CSV, res.mse_split)):
         atomic.write_with(out / name, lambda fh, f=frame: f.to_csv(fh, index=False, float_format="%.9g"))
         paths.append(out / name)
     atomic.write_text(out / REPORT_TXT, report_text(res))
     paths.append(out / REPORT_TXT)
     write_json(out / SUMMARY_JSON, {"settings": res.settings, "rates": res.rates,
                                     "cost_slopes": res.cost_slopes, "mc_optimal_h": res.mc_optimal,
-                                    "seed002": res.seed002_info, "warnings": res.warnings,
+                                    "mse_split": res.mse_split_info, "warnings": res.warnings,
                                     "timings": res.timings})
     paths.append(out / SUMMARY_JSON)
     plot_cost(res, out / COST_PNG)
@@ -390,6 +393,15 @@ def write_report(res: MLMCTestResult, out_dir: str | Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- the command
+
+
+def new_run_folder(root: str | Path) -> Path:
+    """A new, exclusively created ``<root>/mlmc_test/<run-id>/``: ``--out`` is a results root, as for
+    ``pricebench run`` (which writes ``<root>/<suite>/<run-id>/``), so two tests never share a folder."""
+    from bench.store import RunStore
+
+    store, _ = RunStore.create(root, "mlmc_test")
+    return store.directory
 
 
 _count = count_arg  # an integer option >= minimum
@@ -417,11 +429,13 @@ class MLMCTestCommand(Command):
         "(MLMC cost against two plain-MC costs: 'MC cost (level L)' on the finest MLMC level, Giles' "
         "convention, and 'MC cost (optimal h)' with the optimal number of steps n = ceil(T/h*), "
         "c h*^alpha = eps/sqrt(2), from the weak-error model |E[P_h] - P| ~ c h^alpha fitted to the "
-        "level corrections; savings and fitted cost-vs-eps slopes of each; N_l) and seed 002's MSE "
-        "analysis per level (bias estimated from h vs h/M, beside the exact bias: for black_scholes "
+        "level corrections; savings and fitted cost-vs-eps slopes of each; N_l) and the MSE split of "
+        "plain MC per level, MSE = V/N + bias^2 (Spence, Brolly and Xue, 'Efficient Approximation of "
+        "Pricing Functions'; bias estimated from h vs h/M, beside the exact bias: for black_scholes "
         "E[P_h - P_exact] on the same Brownian path with its standard error, for other models "
         "E[P_h] - exact value from independent samples); tables on the console, CSV files, "
-        "report.txt, summary.json and PNG plots in --out. Defaults: Giles' GBM call (black_scholes, "
+        "report.txt, summary.json and PNG plots in <out>/mlmc_test/<run-id>/. Defaults: Giles' GBM call "
+        "(black_scholes, "
         "S=K=100, T=1, r=0.05, sigma=0.2; other models have default parameters too). Theory for GBM: "
         "Euler alpha = 1, beta = 1; Milstein alpha = 1, beta = 2; gamma = 1.")
 
@@ -446,13 +460,15 @@ class MLMCTestCommand(Command):
         p.add_argument("--exact", type=float, default=None,
                        help="exact value (default: closed_form, heston_integration or fd, as the model allows)")
         p.add_argument("--mse-paths", type=_count(1), default=100_000,
-                       help="paths of the plain MC estimator in seed 002's MSE analysis (default 100000)")
+                       help="paths of the plain MC estimator in the MSE split, MSE = V/N + bias^2 "
+                            "(default 100000)")
         p.add_argument("--exact-paths", type=_count(2), default=None,
-                       help="paths per level of seed 002's same-path exact coupling (black_scholes; default "
+                       help="paths per level of the MSE split's same-path coupling with the exact solution "
+                            "(black_scholes; default "
                             "10 x --N)")
         p.add_argument("--alpha", type=_positive_float, default=None,
-                       help="weak rate |E Y_l| ~ h^alpha for the complexity runs, the optimal-h MC cost and seed "
-                            "002's h-vs-h/M bias estimate (default: fitted by the convergence test; 1 for the "
+                       help="weak rate |E Y_l| ~ h^alpha for the complexity runs, the optimal-h MC cost and the "
+                            "MSE split's h-vs-h/M bias estimate (default: fitted by the convergence test; 1 for the "
                             "estimate)")
         p.add_argument("--beta", type=_positive_float, default=None,
                        help="variance rate V[Y_l] ~ h^beta for the complexity runs (default: fitted)")
@@ -463,13 +479,14 @@ class MLMCTestCommand(Command):
                        help="let each MLMC run fit alpha, beta, gamma itself (default: use the convergence test's, "
                             "as Giles' mlmc_test does); rates given by --alpha/--beta/--gamma stay fixed")
         p.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
-        p.add_argument("--out", default=None, metavar="DIR",
-                       help="output folder (default results/mlmc_test/<run-id>)")
+        p.add_argument("--out", default="results", metavar="DIR",
+                       help="results root, as for `pricebench run`: writes <DIR>/mlmc_test/<run-id>/ "
+                            "(default: ./results)")
         p.add_argument("--threads", type=_count(1), help="limit numba threads (default: all)")
 
     def run(self, args: argparse.Namespace, out: Any, err: Any) -> int:
         import bench
-        from bench import environment, runner
+        from bench import environment
         from bench.plugins import get_registry
         from pricebench_plugins.pricers import _mlmc_driver
 
@@ -502,9 +519,9 @@ class MLMCTestCommand(Command):
             return usage(f"--Lmax ({args.Lmax}) must be >= --Lmin ({args.Lmin})")
         if args.exact is not None and not math.isfinite(args.exact):
             return usage(f"--exact must be finite, got {args.exact!r}")
-        out_dir = Path(args.out) if args.out else Path("results") / "mlmc_test" / runner.new_run_id()
-        if out_dir.exists() and not out_dir.is_dir():
-            return usage(f"--out {out_dir} is a file, not a folder")
+        root = Path(args.out)
+        if root.exists() and not root.is_dir():
+            return usage(f"--out {root} is a file, not a folder")
         with environment.limit_threads(args.threads):
             try:
                 mdl.check_product(product)
@@ -536,7 +553,12 @@ class MLMCTestCommand(Command):
                 weak_order=args.alpha if args.alpha is not None else 1.0, meta=meta,
                 on_stage=lambda text: out.print(f"[dim]{text}[/]", highlight=False))
         render(result, out)
+        out_dir = new_run_folder(root)
         write_report(result, out_dir)
-        out.print(f"[green]wrote[/] {out_dir} ({REPORT_TXT}, CSV files, {COST_PNG}, {LEVELS_PNG}) in "
-                  f"{result.timings['total_s']:.1f} s")
+        from rich.markup import escape
+
+        from bench.report.files import folder_summary
+
+        out.print(f"[green]wrote[/] {escape(str(out_dir))}/: {escape(folder_summary(out_dir))} (the test took "
+                  f"{result.timings['total_s']:.1f} s)", highlight=False)
         return EXIT_OK

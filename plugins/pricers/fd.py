@@ -75,7 +75,7 @@ mean (:func:`pricebench_plugins.models.black_karasinski.log_rate_mean`),
 follows dy = -alpha y dt + sigma dW; the bond PDE is V_tau = sigma^2/2 V_yy
 - alpha y V_y - exp(y + m(T - tau)) V with V(tau=0) = 1 on a uniform grid of
 +-``x_width`` standard deviations of y(T) around y = 0 (a node), uniform time
-steps. The time-dependent level (mu_sin > 0, seed 002) only changes m(t), so
+steps. The time-dependent level (mu_sin > 0, as Spence, Brolly and Xue use) only changes m(t), so
 it costs nothing extra, and the ln mu(0) = -inf of mu(t) = sin t is
 integrated accurately into m. At the two ends the diffusion is dropped and
 the (inward) drift is upwinded: no boundary condition is needed. sigma = 0

@@ -24,8 +24,8 @@ Schemes (the ``scheme`` setting; ``auto`` = the first listed for the model)
 - ``sinh_lv``: ``euler`` on S; ``exact``: S_T = (lam/c) sinh(asinh(c S/lam) + c W_T),
   c = sqrt(2 r).
 - ``black_karasinski`` (``zero_coupon_bond``): ``euler`` on x = ln r with the reversion
-  level ln mu(t) taken at the step's end (ln mu(0) is -inf when mu = 0; the seed notebook
-  does the same), and ``exact``: the Gaussian OU transition of ln r around its mean
+  level ln mu(t) taken at the step's end (ln mu(0) is -inf when mu = 0; Spence, Brolly and
+  Xue's notebook does the same), and ``exact``: the Gaussian OU transition of ln r around its mean
   m(t) (:func:`~pricebench_plugins.models.black_karasinski.log_rate_mean`, computed in
   ``prepare`` on the time grid), x' = m(t') + e^{-alpha dt} (x - m(t)) + sigma
   sqrt((1 - e^{-2 alpha dt}) / (2 alpha)) Z. In both, int r dt is the trapezoid rule over

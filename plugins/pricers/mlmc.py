@@ -62,7 +62,7 @@ with n = ceil(T / h*) steps, c h*^alpha = eps / sqrt 2, from the weak-error
 model |E[P_h] - P| ~ c h^alpha with c fitted to the level corrections
 (|E Y_l| = c h_l^alpha (M^alpha - 1), levels >= 1), cost V[P] n / (eps^2 / 2);
 the savings and the fitted cost-vs-eps slope of each (theory for the latter:
--2 - gamma/alpha, -3 for Euler). Seed 002's MSE table (plain MC on each
+-2 - gamma/alpha, -3 for Euler). The MSE split of Spence, Brolly and Xue (plain MC on each
 level's grid, MSE = V/N + bias^2) shows the bias estimated from h vs h/M,
 M^p/(M^p - 1) |E[P_h - P_{h/M}]|, beside the exact bias: for
 ``black_scholes`` (exact path solution) the level function offers
@@ -175,7 +175,7 @@ class KernelLevels:
         return out, N * self.cost_per_sample(l)
 
     def _exact_coupling(self, l: int, N) -> tuple[np.ndarray, np.ndarray]:
-        """Seed 002's coupling with the exact solution (``black_scholes`` only; see
+        """The MSE split's coupling with the exact solution (``black_scholes`` only; see
         :mod:`._mlmc_driver`): sums (B, 4) over N fresh paths of D = P_l - P_exact
         (same Brownian path), D^2, P_exact, P_exact^2, and their cost (M^l steps each)."""
         N, rows, block0, used = self._prepare_call(l, N, self.exact_blocks)
