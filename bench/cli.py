@@ -36,6 +36,7 @@ from bench.commands import count_arg
 from bench import executors, report, runner, suite as suite_mod
 from bench.commands import Command
 from bench.plugins import PluginError, PluginLoadWarning
+from bench.report.files import folder_summary
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -54,7 +55,10 @@ def _parser(commands: Mapping[str, tuple[Command, str]] | None = None) -> argpar
     common.add_argument("--plugins-dir", metavar="DIR", help="also load loose *.py plugin modules from DIR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("run", parents=[common], help="run suites and write leaderboards")
+    p = sub.add_parser("run", parents=[common], help="run suites and write leaderboards",
+                       description="Run suites (files, or names of shipped suites; default: quick): every task's "
+                                   "cells, timed and scored, into <out>/<suite>/<run-id>/ (leaderboard, targets, "
+                                   "plots, run.json and the raw record).")
     p.add_argument("suites", nargs="*", metavar="SUITE",
                    help="suite files or names of shipped suites (default: quick)")
     p.add_argument("--task", action="append", default=[], metavar="PATTERN",
@@ -62,8 +66,11 @@ def _parser(commands: Mapping[str, tuple[Command, str]] | None = None) -> argpar
     p.add_argument("--method", action="append", default=[], metavar="PATTERN",
                    help="run only methods whose name matches (glob; repeatable; the baseline always runs)")
     p.add_argument("--device", choices=runner.DEVICE_CHOICES, default="default",
-                   help="cpu, cuda or all (default: the devices each task names)")
-    p.add_argument("--out", default="results", metavar="DIR", help="results folder (default: ./results)")
+                   help="default: the devices each task (or method) names; cpu or cuda: every cell on that device "
+                        "(a method without that path gets a row saying so); all: cpu, and cuda for each method "
+                        "that has a cuda path")
+    p.add_argument("--out", default="results", metavar="DIR",
+                   help="results root: each run writes <DIR>/<suite>/<run-id>/ (default: ./results)")
     p.add_argument("--seed", type=_count(0), help="override the suites' seeds")
     p.add_argument("--threads", type=_count(1),
                    help="threads per cell for BLAS/torch/numba (default: the suite's, else 1)")
@@ -81,21 +88,31 @@ def _parser(commands: Mapping[str, tuple[Command, str]] | None = None) -> argpar
     p.add_argument("--cache-dir", metavar="DIR",
                    help="where labelled training data is cached (default: <out>/cache)")
 
-    p = sub.add_parser("show", parents=[common], help="re-render a saved leaderboard")
+    p = sub.add_parser("show", parents=[common], help="re-render a saved leaderboard",
+                       description="Re-render a saved run's leaderboards (a run folder or its leaderboard.csv) and "
+                                   "say whether the run finished.")
     p.add_argument("path", help="a run folder or its leaderboard.csv")
 
-    p = sub.add_parser("plugins", parents=[common], help="list plugins and what they register")
+    p = sub.add_parser("plugins", parents=[common], help="list plugins and what they register",
+                       description="List the loaded plugins (built-in and third-party): name, version, source and "
+                                   "what each registers; a plugin that failed to load says why.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("methods", parents=[common], help="list registered methods and their settings")
+    p = sub.add_parser("methods", parents=[common], help="list registered methods and their settings",
+                       description="List registered methods: kind, version, plugin, devices, models and products, "
+                                   "and every setting with its type, default, allowed values and description.")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default: all)")
-    p.add_argument("--kind", choices=("pricer", "root_finder", "approximator"))
+    p.add_argument("--kind", choices=("pricer", "root_finder", "approximator"),
+                   help="only methods of this kind: pricer, root_finder or approximator (default: all kinds)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("suites", help="list the suites shipped with pricebench")
+    sub.add_parser("suites", parents=[common], help="list the suites shipped with pricebench",
+                   description="List the suites shipped with pricebench: each one's description, number of tasks "
+                               "and measured run time; run one with `pricebench run NAME`.")
 
     for name, (command, plugin) in (commands or {}).items():
-        p = sub.add_parser(name, parents=[common], help=command.help, description=command.description or None)
+        p = sub.add_parser(name, parents=[common], help=command.help,
+                           description=command.description or command.help or None)
         try:
             command.add_arguments(p)
         except Exception as exc:  # noqa: BLE001 - a faulty plugin is bad input, named
@@ -170,7 +187,8 @@ def cmd_run(args, out: Console, err: Console) -> int:
         with progress:
             result = runner.Runner(registry, on_start=on_start, on_cell=on_cell, on_task=on_task, **options).run(s)
         if result.directory is not None:
-            out.print(f"[green]wrote[/] {result.directory / report.CSV_NAME} and {report.JSON_NAME}")
+            out.print(Text.assemble(("wrote", "green"), f" {result.directory}{os.sep}: "
+                                    f"{folder_summary(result.directory)}"), highlight=False)
     return EXIT_OK
 
 
@@ -262,8 +280,29 @@ def cmd_methods(args, out: Console, err: Console) -> int:
 
 
 def cmd_suites(args, out: Console, err: Console) -> int:
+    registry = _load_registry(args, err)
+    table = Table(title="suites shipped with pricebench (run one: pricebench run NAME)", title_justify="left",
+                  box=None, padding=(0, 1), pad_edge=False)
+    table.add_column("suite", no_wrap=True, style="bold")
+    table.add_column("tasks", justify="right", no_wrap=True)
+    table.add_column("run time", overflow="fold", max_width=16)
+    table.add_column("description", overflow="fold", ratio=1)
+    rows = []
     for name in suite_mod.shipped_suites():
-        out.print(name)
+        try:
+            s = suite_mod.load(name, registry)
+        except suite_mod.SuiteError as exc:  # a plugin it needs is missing, say: the others still list
+            rows.append((name, "-", ("", ""), Text(f"cannot be loaded here: {exc}", style="red")))
+            continue
+        rows.append((name, str(len(s.tasks)), suite_mod.runtime_parts(s.runtime), s.description))
+    machines = {where for _, _, (_, where), _ in rows if where}
+    for name, tasks, (time, where), description in rows:  # one machine: named once, under the table
+        shown = (time if len(machines) == 1 else f"{time} ({where})") if time else "not measured"
+        table.add_row(name, tasks, shown, description)
+    out.print(table)
+    where = f"on a {next(iter(machines))}" if len(machines) == 1 else "on the machine named"
+    out.print(f"run time: the whole suite, measured {where} (yours differs; suites that train approximators "
+              "cache their labelled data, so a second run is shorter)", style="dim", highlight=False)
     return EXIT_OK
 
 
