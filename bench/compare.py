@@ -22,7 +22,10 @@ column. Latency needs statistics: a cell is slower only if its median ratio exce
 (``--fail-on latency:10%``) and a two-sided Mann-Whitney U test on the stored timing samples gives
 p < 0.002 (asv's test and threshold). Where the two sample counts cannot reach that p-value at all
 (fewer than 5 + 5 samples) it falls back to disjoint sample ranges (every new sample slower than every
-baseline sample); a timing policy ``once`` cell (one sample) has no latency test.
+baseline sample); a timing policy ``once`` cell (one sample) has no latency test. A baseline saved from
+several runs of one code (``pricebench baseline save RUN RUN RUN``) also knows how far each cell moves
+between runs: then the factor applies to the slowest of those runs (the fastest, for ``better``), the
+test to all their samples pooled, and a slow-down within the runs' own spread is only a note.
 
 Latencies are compared only between cells measured on the same host, unless ``--normalise``
 divides every sample by its run's calibration workload (:mod:`bench.calibration`).
@@ -78,6 +81,8 @@ class RunData:
     meta: dict[str, Any]
     rows: list[dict[str, Any]]
     samples: dict[str, list[float]]
+    # a baseline of several runs: each other run's calibration time and samples by cell key
+    replicates: list[tuple[float, dict[str, list[float]]]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -117,8 +122,14 @@ def load(path: str | Path) -> RunData:
                                "make one with: pricebench baseline save RUN_DIR")
         meta = data.get("meta") or {}
         _check_schema(path, meta)
-        return RunData(str(path), meta, list(data.get("rows") or []),
-                       {k: list(v) for k, v in (data.get("samples") or {}).items()})
+        try:
+            replicates = [(float(r.get("calibration_s") or math.nan),
+                           {k: [float(x) for x in v] for k, v in (r.get("samples") or {}).items()})
+                          for r in data.get("replicates") or []]
+            return RunData(str(path), meta, [dict(r) for r in data.get("rows") or []],
+                           {k: [float(x) for x in v] for k, v in (data.get("samples") or {}).items()}, replicates)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CompareError(f"{path}: a damaged baseline file ({type(exc).__name__}: {exc})") from None
     if not path.is_dir():
         raise CompareError(f"{path}: no such run folder or baseline file")
     if not (path / RUN_NAME).is_file():
@@ -303,13 +314,18 @@ def _incomparable_reason(base: RunData, new: RunData, old: dict[str, Any], cur: 
     return "; ".join(reasons)
 
 
-def _samples(run: RunData, row: dict[str, Any], normalise: bool) -> list[float]:
-    values = [float(v) for v in run.samples.get(row.get("cell_key", ""), [])]
+def _samples(run: RunData, row: dict[str, Any], normalise: bool) -> list[list[float]]:
+    """The cell's timing samples in each run ``run`` holds (one list per run; a baseline may hold several),
+    divided by that run's calibration time when normalising."""
+    key = row.get("cell_key", "")
+    values = [float(v) for v in run.samples.get(key, [])]
     if not values and math.isfinite(_num(row.get("latency_median_s"))):
         values = [_num(row.get("latency_median_s"))]
-    if normalise:
-        values = [v / run.calibration_s for v in values]
-    return values
+    out = [[v / run.calibration_s for v in values] if normalise else values] if values else []
+    for calibration_s, samples in run.replicates:
+        if samples.get(key):
+            out.append([float(v) / calibration_s if normalise else float(v) for v in samples[key]])
+    return out
 
 
 def _compare_cell(v: Verdict, base: RunData, new: RunData, rules: Rules) -> None:
@@ -382,19 +398,31 @@ def _compare_latency(v: Verdict, base: RunData, new: RunData, rules: Rules) -> t
             return "note", (f"latency not compared: measured on another host ({old.get('host')} / "
                             f"{cur.get('host')}); use --normalise")
         normalise = False
-    a, b = _samples(base, old, normalise), _samples(new, cur, normalise)
-    if not a or not b:
+    runs, b = _samples(base, old, normalise), _samples(new, cur, normalise)
+    if not runs or not b:
         return "note", "latency not compared: no timing samples"
-    v.ratio = statistics.median(b) / statistics.median(a) if statistics.median(a) > 0 else math.nan
-    v.test, v.p_value, significant = latency_test(a, b)
+    b = b[0]
+    medians = [statistics.median(r) for r in runs]
+    reference, new_median = statistics.median(medians), statistics.median(b)
+    if not (reference > 0 and math.isfinite(reference) and math.isfinite(new_median)):
+        return "note", "latency not compared: no finite timing"
+    v.ratio = new_median / reference
+    pooled = [x for r in runs for x in r]
+    v.test, v.p_value, significant = latency_test(pooled, b)
     if v.test == "none":
         return "note", f"latency x{v.ratio:.3f}, not tested (one sample: timing policy once)"
     pct = f"{(v.ratio - 1) * 100:+.1f}%"
     how = f"p={v.p_value:.2g}" if v.test == "mann-whitney" else "disjoint ranges" if significant else "ranges overlap"
-    if v.ratio > rules.factor and significant:
+    if len(runs) > 1:
+        # several baseline runs show how much the cell moves between runs of one code: beyond the factor
+        # means beyond it from the slowest (fastest) of them
+        how += f"; {len(runs)} baseline runs, {(max(medians) / reference - 1) * 100:+.1f}% to the slowest"
+    if new_median > rules.factor * max(medians) and significant:
         return "worse", f"latency {pct} ({how})"
-    if v.ratio < 1.0 / rules.factor and significant:
+    if new_median < min(medians) / rules.factor and significant:
         return "better", f"latency {pct} ({how})"
+    if v.ratio > rules.factor and significant:
+        return "note", f"latency {pct}, within the baseline runs' own spread ({how})"
     return None
 
 
@@ -595,18 +623,41 @@ def machine_name(meta: dict[str, Any]) -> str:
     return f"{slug}-{count}cpu" if count else slug
 
 
-def save_baseline(run_dir: str | Path, root: str | Path = BASELINE_ROOT, machine: str | None = None,
-                  force: bool = False) -> Path:
-    """Promote a finished run to ``<root>/<machine>/<suite>.json``: its rows and timing samples, not its
-    outputs or artifacts."""
-    path = Path(run_dir)
-    if not (path / RUN_NAME).is_file():
-        raise CompareError(f"{path}: not a run folder (no {RUN_NAME})")
-    run = load(path)
-    status = run.meta.get("status")
-    if status != "finished" and not force:
-        raise CompareError(f"{path}: this run is {status!r}, not finished; a baseline should be complete "
-                           "(--force saves it anyway)")
+def save_baseline(run_dirs: str | Path | list[str | Path], root: str | Path = BASELINE_ROOT,
+                  machine: str | None = None, force: bool = False) -> Path:
+    """Promote finished runs to ``<root>/<machine>/<suite>.json``: the first run's rows and timing samples
+    (not its outputs or artifacts) and, from each further run of the same suite and host, its timing
+    samples (``replicates``): how much each cell's latency moves between runs of one code."""
+    paths = [Path(p) for p in (run_dirs if isinstance(run_dirs, list) else [run_dirs])]
+    runs = []
+    for path in paths:
+        if not (path / RUN_NAME).is_file():
+            raise CompareError(f"{path}: not a run folder (no {RUN_NAME})")
+        run = load(path)
+        status = run.meta.get("status")
+        if status != "finished" and not force:
+            raise CompareError(f"{path}: this run is {status!r}, not finished; a baseline should be complete "
+                               "(--force saves it anyway)")
+        runs.append(run)
+    run, path = runs[0], paths[0]
+    for other, other_path in zip(runs[1:], paths[1:]):
+        if other.meta.get("suite") != run.meta.get("suite") or other.meta.get("suite_hash") != run.meta.get("suite_hash"):
+            raise CompareError(f"{other_path}: a run of another suite (or suite definition) than {path}")
+        hosts = {r.get("host") for r in run.rows} | {r.get("host") for r in other.rows}
+        if len(hosts) > 1:
+            raise CompareError(f"{other_path}: measured on another host than {path} ({', '.join(map(str, hosts))}); "
+                               "a baseline's runs come from one machine")
+        if other.meta.get("run_id") == run.meta.get("run_id"):
+            raise CompareError(f"{other_path}: the same run twice")
+        mine = {r.get("cell_key"): r for r in run.rows}
+        for row in other.rows:
+            ref = mine.get(row.get("cell_key"))
+            if ref is not None and any(_num(ref.get(m)) != _num(row.get(m)) and not
+                                       (math.isnan(_num(ref.get(m))) and math.isnan(_num(row.get(m))))
+                                       for m in DEFAULT_ACCURACY):
+                raise CompareError(f"{other_path}: cell {row.get('task')}/{row.get('method')} scored differently "
+                                   f"from {path} with the same key: its accuracy is not reproducible, so it "
+                                   "cannot be a baseline")
     name = machine or machine_name(run.meta)
     target = atomic.inside(atomic.inside(root, name), f"{run.meta.get('suite')}.json")
     keep = {"artifacts"}
@@ -618,6 +669,9 @@ def save_baseline(run_dir: str | Path, root: str | Path = BASELINE_ROOT, machine
         "meta": run.meta,
         "rows": [{k: v for k, v in r.items() if k not in keep} for r in run.rows],
         "samples": {r["cell_key"]: run.samples[r["cell_key"]] for r in run.rows if r.get("cell_key") in run.samples},
+        "replicates": [{"run_id": other.meta.get("run_id"), "calibration_s": other.calibration_s,
+                        "samples": {k: v for k, v in other.samples.items() if k in run.samples}}
+                       for other in runs[1:]],
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(target, json.dumps(data, indent=1, default=str) + "\n")
@@ -704,14 +758,18 @@ class CompareCommand(Command):
 class BaselineCommand(Command):
     name = "baseline"
     help = "save a run as the baseline that later runs are compared with"
-    description = ("pricebench baseline save RUN_DIR: copy a finished run's rows and raw timing samples (not its "
-                   "outputs) to results/baselines/<machine>/<suite>.json, the file to commit and compare with.")
+    description = ("pricebench baseline save RUN_DIR [RUN_DIR...]: copy finished runs' rows and raw timing samples "
+                   "(not their outputs) to results/baselines/<machine>/<suite>.json, the file to commit and compare "
+                   "with. Several runs of one code tell compare how much each cell moves between runs.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
         p = sub.add_parser("save", help="promote RUN_DIR to results/baselines/<machine>/<suite>.json",
                            description=self.description)
-        p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+        p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                       help="finished run folders of one suite and machine: the first gives the rows; each further "
+                            "run adds its timing samples, so compare knows how much a cell moves between runs "
+                            "(three runs recommended)")
         p.add_argument("--to", default=str(BASELINE_ROOT), metavar="DIR",
                        help=f"the baselines folder (default: ./{BASELINE_ROOT})")
         p.add_argument("--machine", metavar="NAME", help="the machine's folder name (default: from the run's CPU "
@@ -733,7 +791,7 @@ class BaselineCommand(Command):
                     err.print(f"[yellow]note:[/] {note}", highlight=False)
                 print(path)
                 return EXIT_OK
-            target = save_baseline(args.run_dir, args.to, args.machine, args.force)
+            target = save_baseline(args.run_dirs, args.to, args.machine, args.force)
         except CompareError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return EXIT_USAGE

@@ -122,6 +122,22 @@ def test_tolerances_and_factor_from_fail_on():
         compare(base, new, Rules.create(["max_abs_eror:1e-9"]))
 
 
+def test_several_baseline_runs_widen_the_latency_threshold():
+    """A cell whose latency moves between runs of one code: beyond the factor means beyond it from the
+    slowest baseline run."""
+    base = _run([_row("a")], samples={"a": _noise(1.0e-3, seed=1)})
+    base.replicates = [(1.0, {"a": _noise(1.15e-3, seed=2)}), (1.0, {"a": _noise(1.05e-3, seed=3)})]
+    within = _run([_row("a")], samples={"a": _noise(1.22e-3, seed=4)})  # +16% on the median run, +6% on the slowest
+    v = _verdicts(compare(base, within))["a"]
+    assert v.verdict == "unchanged" and "own spread" in v.notes[0] and v.ratio == pytest.approx(1.16, rel=0.03)
+    beyond = _run([_row("a")], samples={"a": _noise(1.35e-3, seed=5)})
+    v = _verdicts(compare(base, beyond))["a"]
+    assert v.verdict == "worse" and "3 baseline runs" in v.notes[0]
+    # a single baseline run would have called the first one worse
+    single = _run([_row("a")], samples={"a": _noise(1.0e-3, seed=1)})
+    assert _verdicts(compare(single, within))["a"].verdict == "worse"
+
+
 def test_definition_change_is_named():
     tasks_a = {"t": {"definition": {"n": 1000, "model": "heston"}, "seed_entropy": "1"}}
     tasks_b = {"t": {"definition": {"n": 2000, "model": "heston"}, "seed_entropy": "1"}}
@@ -219,6 +235,13 @@ def test_cli_exit_codes_markdown_and_baseline(runs, capsys):
     data = json.loads(saved.read_text())
     assert data["format"] == "pricebench-baseline" and len(data["rows"]) == 1 and data["samples"]
     assert cli.main(["compare", str(saved), str(slow), *plugins]) == 1
+    # a baseline of two runs of one code keeps the second run's samples as a replicate
+    assert cli.main(["baseline", "save", str(base), str(same), "--to", str(tmp / "two")]) == 0
+    (two,) = (tmp / "two").glob("*/slowed.json")
+    replicates = json.loads(two.read_text())["replicates"]
+    assert len(replicates) == 1 and replicates[0]["samples"] and replicates[0]["calibration_s"] > 0
+    assert cli.main(["compare", str(two), str(slow), *plugins]) == 1
+    assert cli.main(["baseline", "save", str(base), str(base), "--to", str(tmp / "dup")]) == 2
     assert cli.main(["compare", str(saved), str(tmp / "slow" / "slowed"), *plugins]) == 1  # a suite's folder
     unfinished = tmp / "unfinished"
     shutil.copytree(base, unfinished)
