@@ -236,7 +236,9 @@ def task_table(task: str, rows: list[dict[str, Any]], width: int = 200):
         for c in footnotes:
             style = c["style"] or "italic"
             grid.add_row(Text(c["#"], style=style), Text(c["note"], style=style))
-        parts += [Padding(grid, (0, 0, 0, 1)), Text("")]
+        parts.append(Padding(grid, (0, 0, 0, 1)))
+    if len(parts) > 2:
+        parts.append(Text(""))  # what is under the table ends with a blank line, as the table does
     return Group(*parts)
 
 
