@@ -5,6 +5,10 @@
     pricebench plugins [--json]    installed plugins, versions and what they register
     pricebench methods [--json]    registered methods with devices and settings
     pricebench suites              the suites shipped with pricebench
+    pricebench compare BASE NEW    cell-by-cell verdicts between two runs; exit 1 on a regression
+    pricebench baseline save RUN   promote runs to results/baselines/<machine>/<suite>.json
+    pricebench history DIR...      each cell's latency and accuracy across runs (table and plot)
+    pricebench report RUN_DIR      a run's self-contained HTML report (RUN_DIR/report.html)
     pricebench COMMAND ...         a command a plugin registers (``register_commands``)
 
 Plugins load before the command line is parsed, since they may add commands;
@@ -309,7 +313,8 @@ def cmd_suites(args, out: Console, err: Console) -> int:
 COMMANDS = {"run": cmd_run, "show": cmd_show, "plugins": cmd_plugins, "methods": cmd_methods, "suites": cmd_suites}
 # built-in commands written as Command classes (the contract plugins use), one module each:
 # "module:Class" so that each imports only when the command line is parsed
-BUILTIN_COMMANDS = ("bench.compare:CompareCommand", "bench.compare:BaselineCommand", "bench.history:HistoryCommand")
+BUILTIN_COMMANDS = ("bench.compare:CompareCommand", "bench.compare:BaselineCommand", "bench.history:HistoryCommand",
+                    "bench.report.html:ReportCommand")
 RESERVED_COMMANDS = ("compare", "baseline", "history", "report")  # no plugin may take these either
 
 
