@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from bench import arrays, artifacts, environment
+from bench import arrays, artifacts, calibration, environment
 from bench.kinds import ONCE, TaskData, with_seed
 from bench.methods import Unsupported
 from bench.timing import CellTimeout, deadline, measure, measure_once
@@ -164,6 +164,7 @@ class CellResult:
     within_3se: float = math.nan
     # schema 2
     once_s: float = math.nan  # timing policy "once": the single timed call (a fit, a calibration)
+    calibration_s: float = math.nan  # the calibration workload timed right after this cell (cpu cells)
     cell_key: str = ""
     host: str = ""
     threads: float = math.nan
@@ -265,6 +266,8 @@ def _execute(spec: CellSpec, data: TaskData, registry: "Registry", row: CellResu
                 else:
                     timing, out = measure(call, device=device, repeats=task.repeats, min_time=task.min_time,
                                           budget=max(task.timeout - prepare_s, 0.0))
+            if kind.timing != ONCE and device == "cpu":
+                row.calibration_s = calibration.measure_next_to_cell()
     except Unsupported as exc:
         row.update({"status": "skipped", "message": f"skipped: {exc}"})
         return

@@ -21,7 +21,7 @@ differences between CPUs' SIMD paths, BLAS kernels and library versions are far 
 column. Latency needs statistics: a cell is slower only if its median ratio exceeds ``--factor``
 (``--fail-on latency:10%``) and a two-sided Mann-Whitney U test on the stored timing samples gives
 p < 0.002 (asv's test and threshold). Where the two sample counts cannot reach that p-value at all
-(fewer than 5 + 5 samples) it falls back to disjoint sample ranges (every new sample slower than every
+(fewer than 7 + 7 samples: 5 + 5 can give no p below 0.008) it falls back to disjoint sample ranges (every new sample slower than every
 baseline sample); a timing policy ``once`` cell (one sample) has no latency test. A baseline saved from
 several runs of one code (``pricebench baseline save RUN RUN RUN``) also knows how far each cell moves
 between runs: then the factor applies to the slowest of those runs (the fastest, for ``better``), the
@@ -56,7 +56,7 @@ BASELINE_ROOT = Path("results") / "baselines"
 DEFAULT_FACTOR = 1.1
 P_THRESHOLD = 0.002
 # error metrics gated by default (lower is better), and their default tolerance
-DEFAULT_ACCURACY = ("max_abs_error", "rmse", "mae", "failure_rate")
+DEFAULT_ACCURACY = ("max_abs_error", "max_err_s100", "rmse", "mae", "failure_rate", "r2", "within_3se", "within_2sd")
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-12
 HIGHER_IS_BETTER = {"r2", "within_2sd", "within_3se", "throughput_per_s", "speedup"}
 NOT_METRICS = {"n", "failures", "tier", "latency_median_s", "latency_iqr_s", "latency_min_s", "latency_max_s",
@@ -81,8 +81,9 @@ class RunData:
     meta: dict[str, Any]
     rows: list[dict[str, Any]]
     samples: dict[str, list[float]]
-    # a baseline of several runs: each other run's calibration time and samples by cell key
-    replicates: list[tuple[float, dict[str, list[float]]]] = field(default_factory=list)
+    # a baseline of several runs: each other run's calibration time, samples by cell key and the
+    # calibration workload timed next to each cell
+    replicates: list[tuple[float, dict[str, list[float]], dict[str, float]]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -90,8 +91,18 @@ class RunData:
 
     @property
     def calibration_s(self) -> float:
+        return _num((self.meta.get("calibration") or {}).get("median_s"))
+
+    @property
+    def calibration_id(self) -> tuple:
+        """What the calibration workload was: its version and its checksum (the same work everywhere)."""
         cal = self.meta.get("calibration") or {}
-        return float(cal.get("median_s", math.nan))
+        checksum = _num((cal.get("before") or {}).get("checksum"))
+        return cal.get("version"), round(checksum, 3) if math.isfinite(checksum) else None
+
+    @property
+    def run_ids(self) -> set[str]:
+        return {str(self.meta.get("run_id"))} | set(self.meta.get("replicate_run_ids") or [])
 
 
 def _latest_run(folder: Path) -> Path | None:
@@ -108,8 +119,26 @@ def _latest_run(folder: Path) -> Path | None:
 
 def load(path: str | Path) -> RunData:
     """A run folder, its leaderboard.csv, a suite's folder of runs (its newest finished run), or a
-    baseline JSON file written by ``pricebench baseline save``."""
-    path = Path(path)
+    baseline JSON file written by ``pricebench baseline save``; CompareError for anything else or
+    anything damaged (it names the path)."""
+    try:
+        run = _load(Path(path))
+    except CompareError:
+        raise
+    except (OSError, TypeError, ValueError, KeyError, AttributeError) as exc:  # UnicodeDecodeError too
+        raise CompareError(f"{path}: cannot be read as a run ({type(exc).__name__}: {exc})") from None
+    if not run.rows:
+        raise CompareError(f"{run.source}: holds no finished cell (no rows): nothing to compare")
+    bad = [i for i, r in enumerate(run.rows) if not isinstance(r, dict) or not r.get("cell_key")]
+    if bad:
+        raise CompareError(f"{run.source}: row {bad[0] + 1} has no cell_key (a run from before schema 2, or "
+                           "edited by hand)")
+    if not isinstance(run.meta.get("calibration") or {}, dict):
+        raise CompareError(f"{run.source}: its calibration entry is not an object")
+    return run
+
+
+def _load(path: Path) -> RunData:
     if path.is_file() and path.suffix == ".csv":
         path = path.parent
     if path.is_file():
@@ -122,9 +151,11 @@ def load(path: str | Path) -> RunData:
                                "make one with: pricebench baseline save RUN_DIR")
         meta = data.get("meta") or {}
         _check_schema(path, meta)
+        meta = dict(meta, replicate_run_ids=[str(r.get("run_id")) for r in data.get("replicates") or []])
         try:
-            replicates = [(float(r.get("calibration_s") or math.nan),
-                           {k: [float(x) for x in v] for k, v in (r.get("samples") or {}).items()})
+            replicates = [(_num(r.get("calibration_s")),
+                           {k: [float(x) for x in v] for k, v in (r.get("samples") or {}).items()},
+                           {k: _num(v) for k, v in (r.get("cell_calibration") or {}).items()})
                           for r in data.get("replicates") or []]
             return RunData(str(path), meta, [dict(r) for r in data.get("rows") or []],
                            {k: [float(x) for x in v] for k, v in (data.get("samples") or {}).items()}, replicates)
@@ -146,7 +177,9 @@ def load(path: str | Path) -> RunData:
     return RunData(str(path), meta, store.rows(), store.samples())
 
 
-def _check_schema(path: Path, meta: dict[str, Any]) -> None:
+def _check_schema(path: Path, meta: Any) -> None:
+    if not isinstance(meta, dict):
+        raise CompareError(f"{path}: its run metadata is not a JSON object")
     version = meta.get("schema_version", 1)
     if version != SCHEMA_VERSION:
         raise CompareError(f"{path}: a schema-{version} run; compare reads schema-{SCHEMA_VERSION} runs "
@@ -255,6 +288,7 @@ class Verdict:
     p_value: float = math.nan
     test: str = ""
     notes: list[str] = field(default_factory=list)
+    slower_not_gated: bool = False  # --latency report: significantly slower beyond the factor, not a regression
 
     @property
     def regression(self) -> bool:
@@ -274,7 +308,8 @@ class Verdict:
 
         return {"verdict": self.verdict, "task": self.task, "method": self.method, "label": self.label,
                 "settings": self.settings, "device": self.device, "cell_key": self.cell_key, "ratio": self.ratio,
-                "p_value": self.p_value, "test": self.test, "notes": self.notes, "baseline": pick(self.base),
+                "p_value": self.p_value, "test": self.test, "notes": self.notes,
+                "slower_not_gated": self.slower_not_gated, "baseline": pick(self.base),
                 "new": pick(self.new)}
 
 
@@ -290,42 +325,52 @@ def _fmt(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.3g}"
 
 
-def _definition_change(base: RunData, new: RunData, task: str) -> str:
-    old = (base.meta.get("tasks") or {}).get(task, {})
-    cur = (new.meta.get("tasks") or {}).get(task, {})
+def _definition_change(base: RunData, new: RunData, task: str) -> list[str]:
+    """What changed in the task between the runs: its data seed, its definition's fields (each named)."""
+    old = (base.meta.get("tasks") or {}).get(task) or {}
+    cur = (new.meta.get("tasks") or {}).get(task) or {}
+    out = []
     if old.get("seed_entropy") and cur.get("seed_entropy") and old["seed_entropy"] != cur["seed_entropy"]:
-        return "the task's data seed changed"
+        out.append("the task's data seed changed")
     a, b = old.get("definition"), cur.get("definition")
     if isinstance(a, dict) and isinstance(b, dict) and a != b:
         keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         parts = [f"{k} {json.dumps(a.get(k), default=str)} -> {json.dumps(b.get(k), default=str)}" for k in keys]
         text = "; ".join(parts)
-        return "the task's definition changed: " + (text if len(text) < 160 else ", ".join(keys))
-    return "the task's definition or data seed changed"
+        out.append("the task's definition changed: " + (text if len(text) < 160 else ", ".join(keys)))
+    return out
 
 
 def _incomparable_reason(base: RunData, new: RunData, old: dict[str, Any], cur: dict[str, Any]) -> str:
     reasons = []
     if str(old.get("method_version")) != str(cur.get("method_version")):
         reasons.append(f"method version {old.get('method_version')} -> {cur.get('method_version')}")
-    definition = _definition_change(base, new, str(cur.get("task")))
-    if not reasons or "changed:" in definition or "seed" in definition:
-        reasons.append(definition)
-    return "; ".join(reasons)
+    reasons += _definition_change(base, new, str(cur.get("task")))
+    return "; ".join(reasons) or "the task's definition or data seed changed (a run without task definitions)"
 
 
-def _samples(run: RunData, row: dict[str, Any], normalise: bool) -> list[list[float]]:
+def _samples(run: RunData, row: dict[str, Any], normalise: bool, per_cell: bool = False) -> list[list[float]]:
     """The cell's timing samples in each run ``run`` holds (one list per run; a baseline may hold several),
-    divided by that run's calibration time when normalising."""
+    divided, when normalising, by the calibration workload timed next to the cell (``per_cell``) or by
+    the run's."""
     key = row.get("cell_key", "")
     values = [float(v) for v in run.samples.get(key, [])]
     if not values and math.isfinite(_num(row.get("latency_median_s"))):
         values = [_num(row.get("latency_median_s"))]
-    out = [[v / run.calibration_s for v in values] if normalise else values] if values else []
-    for calibration_s, samples in run.replicates:
+    scale = _num(row.get("calibration_s")) if per_cell else run.calibration_s
+    out = [[v / scale for v in values] if normalise else values] if values else []
+    for calibration_s, samples, cells in run.replicates:
         if samples.get(key):
-            out.append([float(v) / calibration_s if normalise else float(v) for v in samples[key]])
+            scale = cells.get(key, math.nan) if per_cell else calibration_s
+            out.append([float(v) / scale if normalise else float(v) for v in samples[key]])
     return out
+
+
+def _per_cell_calibration(base: RunData, new: RunData, old: dict[str, Any], cur: dict[str, Any]) -> bool:
+    """Whether every run of both sides timed the calibration workload next to this cell."""
+    key = old.get("cell_key")
+    return (_num(old.get("calibration_s")) > 0 and _num(cur.get("calibration_s")) > 0
+            and all(cells.get(key, math.nan) > 0 for _, samples, cells in base.replicates if samples.get(key)))
 
 
 def _compare_cell(v: Verdict, base: RunData, new: RunData, rules: Rules) -> None:
@@ -377,17 +422,29 @@ def _compare_cell(v: Verdict, base: RunData, new: RunData, rules: Rules) -> None
         if kind == "worse" and rules.gate_latency:
             worse.append(text)
         elif kind == "worse":
+            v.slower_not_gated = True  # reported as its own count; never lets the cell read "better"
             v.notes.append(text + " (reported, not gated)")
         elif kind == "better":
             better.append(text)
         else:
             v.notes.append(text)
-    v.verdict = "worse" if worse else "better" if better else "unchanged"
-    v.notes = worse + better + v.notes if worse else better + v.notes
+    v.verdict = "worse" if worse else "better" if better and not v.slower_not_gated else "unchanged"
+    v.notes = worse + better + v.notes
+
+
+def _run_host(run: RunData) -> Any:
+    return (run.meta.get("machine") or {}).get("host")
 
 
 def _compare_latency(v: Verdict, base: RunData, new: RunData, rules: Rules) -> tuple[str, str] | None:
     old, cur = v.base, v.new
+    t_old, t_new = _num(old.get("threads")), _num(cur.get("threads"))
+    if math.isfinite(t_old) and math.isfinite(t_new) and t_old != t_new:
+        return "note", f"latency not compared: {t_old:g} thread(s) in the baseline, {t_new:g} now"
+    if rules.normalise and any(row.get("host") != _run_host(run) and _run_host(run) is not None
+                               for run, row in ((base, old), (new, cur))):
+        return "note", ("latency not normalised: the cell ran on another host (a dask worker) than the one "
+                        "that timed its run's calibration workload")
     if rules.normalise:
         if v.device != "cpu" and old.get("host") != cur.get("host"):
             return "note", (f"{v.device} latency not compared: the calibration workload is CPU-only, and the "
@@ -398,9 +455,14 @@ def _compare_latency(v: Verdict, base: RunData, new: RunData, rules: Rules) -> t
             return "note", (f"latency not compared: measured on another host ({old.get('host')} / "
                             f"{cur.get('host')}); use --normalise")
         normalise = False
-    runs, b = _samples(base, old, normalise), _samples(new, cur, normalise)
+    per_cell = normalise and _per_cell_calibration(base, new, old, cur)
+    runs, b = _samples(base, old, normalise, per_cell), _samples(new, cur, normalise, per_cell)
     if not runs or not b:
         return "note", "latency not compared: no timing samples"
+    for run, row, got in ((base, old, runs[0]), (new, cur, b[0])):
+        if len(got) < 2 and not math.isfinite(_num(row.get("once_s"))) and _num(row.get("samples")) > 1:
+            return "note", (f"latency not compared: {run.source} stores no timing samples for this cell "
+                            f"(its row says {_num(row.get('samples')):g} were taken)")
     b = b[0]
     medians = [statistics.median(r) for r in runs]
     reference, new_median = statistics.median(medians), statistics.median(b)
@@ -455,9 +517,21 @@ def compare(base: RunData, new: RunData, rules: Rules | None = None) -> Comparis
                            f"{base.source} of suite {base.meta.get('suite')!r}: compare runs of one suite")
     if rules.normalise:
         for run in (base, new):
-            if not (run.calibration_s > 0):
+            if not (run.calibration_s > 0) or not all(cal > 0 for cal, _, _ in run.replicates):
                 raise CompareError(f"{run.source}: no calibration workload timing in its run.json (a run made "
                                    "before pricebench timed one); --normalise needs it in both runs")
+        if base.calibration_id != new.calibration_id:
+            raise CompareError(f"{new.source}: its calibration workload (version, checksum {new.calibration_id}) "
+                               f"is not the baseline's ({base.calibration_id}): latencies cannot be normalised "
+                               "by two different workloads")
+    try:
+        return _compare(base, new, rules)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CompareError(f"{new.source} against {base.source}: a damaged row ({type(exc).__name__}: {exc})") \
+            from None
+
+
+def _compare(base: RunData, new: RunData, rules: Rules) -> Comparison:
     known = set()
     for row in base.rows + new.rows:
         known.update(k for k, val in row.items() if isinstance(val, (int, float)) and not isinstance(val, bool))
@@ -491,6 +565,12 @@ def compare(base: RunData, new: RunData, rules: Rules | None = None) -> Comparis
                                     str(old.get("label") or ""), str(old.get("settings") or "{}"),
                                     str(old.get("device")), key, base=old))
     comparison = Comparison(base, new, rules, verdicts)
+    if str(new.meta.get("run_id")) in base.run_ids:
+        comparison.warnings.append(f"{new.source} is {'the baseline run' if new.meta.get('run_id') == base.meta.get('run_id') else 'one of the baseline runs'}: "
+                                   "a run compared with itself shows nothing")
+    if new.meta.get("status") not in (None, "finished"):
+        comparison.warnings.append(f"{new.source}: the run is {new.meta.get('status')!r}, not finished: its missing "
+                                   "cells show as removed")
     hosts = ({r.get("host") for r in base.rows}, {r.get("host") for r in new.rows})
     if not rules.normalise and hosts[0].isdisjoint(hosts[1]):
         comparison.warnings.append(f"the runs were measured on different hosts ({', '.join(map(str, hosts[0]))} / "
@@ -500,10 +580,10 @@ def compare(base: RunData, new: RunData, rules: Rules | None = None) -> Comparis
         busy = [r for r in run.rows if r.get("busy") is True]
         if busy:
             comparison.warnings.append(f"{run.source}: {len(busy)} cell(s) shared the machine while timed (busy)")
-        drift = (run.meta.get("calibration") or {}).get("drift")
-        if drift is not None and abs(drift) > 0.1:
-            comparison.warnings.append(f"{run.source}: the calibration workload ran {drift * 100:+.0f}% slower at "
-                                       "the end of the run than at its start (the machine changed speed)")
+        drift = _num((run.meta.get("calibration") or {}).get("drift"))
+        if abs(drift) > 0.1:
+            comparison.warnings.append(f"{run.source}: the calibration workload took {drift * 100:+.0f}% "
+                                       "longer at the end of the run than at its start (the machine changed speed)")
     return comparison
 
 
@@ -538,6 +618,9 @@ def _pair(old: str, new: str, arrow: str) -> str:
 def summary_line(c: Comparison) -> str:
     counts = c.counts()
     parts = [f"{n} {k}" for k, n in counts.items() if n]
+    slower = sum(v.slower_not_gated for v in c.verdicts)
+    if slower:
+        parts.append(f"{slower} slower (latency not gated)")
     head = f"{len(c.regressions)} regression(s)" if c.regressions else "no regression"
     return f"{head}: " + ", ".join(parts)
 
@@ -558,6 +641,7 @@ def render(c: Comparison, out, show_all: bool = False) -> None:
     for v in sorted(c.verdicts, key=lambda v: (order[v.verdict], v.task, v.name)):
         if not show_all and v.verdict == "unchanged" and not v.notes:
             continue
+        style = "bold yellow" if v.slower_not_gated else _STYLE[v.verdict]
         shown += 1
         latency = f"{_latency_text(v.base)} -> {_latency_text(v.new)}" if v.base and v.new else \
             _latency_text(v.new or v.base)
@@ -565,7 +649,7 @@ def render(c: Comparison, out, show_all: bool = False) -> None:
             latency += f" (x{v.ratio:.3f})"
         error = _pair(_error_text(v.base), _error_text(v.new), "->") if v.base and v.new else \
             _error_text(v.new or v.base)
-        table.add_row(f"[{_STYLE[v.verdict]}]{v.verdict}[/]", f"{v.task} · {v.name} · {v.device}", latency, error,
+        table.add_row(f"[{style}]{v.verdict}{' (slower)' if v.slower_not_gated else ''}[/]", f"{v.task} · {v.name} · {v.device}", latency, error,
                       "; ".join(v.notes))
     if shown:
         out.print(table)
@@ -603,10 +687,10 @@ def markdown(c: Comparison) -> str:
         error = _pair(_error_text(v.base), _error_text(v.new), "→") if v.base and v.new else \
             _error_text(v.new or v.base)
         ratio = "" if math.isnan(v.ratio) else f"×{v.ratio:.3f}"
-        return (f"| {v.verdict} | {cell(v.task)} | {cell(v.name)} | {v.device} | {latency} | {ratio} | {error} | "
+        return (f"| {v.verdict}{' (slower, not gated)' if v.slower_not_gated else ''} | {cell(v.task)} | {cell(v.name)} | {v.device} | {latency} | {ratio} | {error} | "
                 f"{cell('; '.join(v.notes))} |")
 
-    notable = [v for v in rows if v.verdict != "unchanged"]
+    notable = [v for v in rows if v.verdict != "unchanged" or v.slower_not_gated]
     if notable:
         lines += head + [line(v) for v in notable] + [""]
     lines += ["<details><summary>every cell</summary>", ""] + head + [line(v) for v in rows] + ["", "</details>", ""]
@@ -624,10 +708,11 @@ def machine_name(meta: dict[str, Any]) -> str:
 
 
 def save_baseline(run_dirs: str | Path | list[str | Path], root: str | Path = BASELINE_ROOT,
-                  machine: str | None = None, force: bool = False) -> Path:
+                  machine: str | None = None, force: bool = False, warnings: list[str] | None = None) -> Path:
     """Promote finished runs to ``<root>/<machine>/<suite>.json``: the first run's rows and timing samples
     (not its outputs or artifacts) and, from each further run of the same suite and host, its timing
     samples (``replicates``): how much each cell's latency moves between runs of one code."""
+    warnings = [] if warnings is None else warnings
     paths = [Path(p) for p in (run_dirs if isinstance(run_dirs, list) else [run_dirs])]
     runs = []
     for path in paths:
@@ -658,6 +743,17 @@ def save_baseline(run_dirs: str | Path | list[str | Path], root: str | Path = BA
                 raise CompareError(f"{other_path}: cell {row.get('task')}/{row.get('method')} scored differently "
                                    f"from {path} with the same key: its accuracy is not reproducible, so it "
                                    "cannot be a baseline")
+    for r in runs:
+        busy = [row for row in r.rows if row.get("busy") is True]
+        if busy:
+            warnings.append(f"{r.source}: {len(busy)} cell(s) shared the machine while timed (busy); a baseline "
+                            "should come from a quiet machine")
+    for row in run.rows:
+        medians = [statistics.median(r.samples[row["cell_key"]]) for r in runs if r.samples.get(row["cell_key"])]
+        if len(medians) > 1 and min(medians) > 0 and max(medians) / min(medians) > DEFAULT_FACTOR:
+            warnings.append(f"{row.get('task')}/{row.get('method')}: its latency moved "
+                            f"{(max(medians) / min(medians) - 1) * 100:.0f}% between these runs; compare will only "
+                            "call it slower beyond the slowest of them")
     name = machine or machine_name(run.meta)
     target = atomic.inside(atomic.inside(root, name), f"{run.meta.get('suite')}.json")
     keep = {"artifacts"}
@@ -670,11 +766,12 @@ def save_baseline(run_dirs: str | Path | list[str | Path], root: str | Path = BA
         "rows": [{k: v for k, v in r.items() if k not in keep} for r in run.rows],
         "samples": {r["cell_key"]: run.samples[r["cell_key"]] for r in run.rows if r.get("cell_key") in run.samples},
         "replicates": [{"run_id": other.meta.get("run_id"), "calibration_s": other.calibration_s,
-                        "samples": {k: v for k, v in other.samples.items() if k in run.samples}}
+                        "samples": {k: v for k, v in other.samples.items() if k in run.samples},
+                        "cell_calibration": {r["cell_key"]: r.get("calibration_s") for r in other.rows
+                                             if r.get("cell_key") in run.samples}}
                        for other in runs[1:]],
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(target, json.dumps(data, indent=1, default=str) + "\n")
+    write_output(target, dumps(data) + "\n")
     return target
 
 
@@ -702,6 +799,34 @@ def find_baseline(suite: str, root: str | Path = BASELINE_ROOT, any_machine: boo
 
 
 # ---------------------------------------------------------------------------------------------- commands
+def _strict_json(value: Any) -> Any:
+    """``value`` with every NaN and infinity as null: strict JSON that jq and browsers read."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(_strict_json(value), indent=1, default=str, allow_nan=False)
+
+
+def write_output(path: str | Path, text: str) -> Path:
+    """Write a report file the user named, atomically; CompareError (exit 2) where it cannot go."""
+    target = Path(path)
+    if target.is_dir():
+        raise CompareError(f"{target}: is a folder; name a file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(target, text)
+    except OSError as exc:
+        raise CompareError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    return target
+
+
 def _factor(text: str) -> float:
     try:
         return float(text)
@@ -745,13 +870,14 @@ class CompareCommand(Command):
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return EXIT_USAGE
         render(comparison, out, show_all=args.all)
-        for option, text in (("markdown", markdown(comparison) if args.markdown else None),
-                             ("json", json.dumps(comparison.as_dict(), indent=1, default=str) if args.json else None)):
-            if text is not None:
-                target = Path(getattr(args, option))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic.write_text(target, text)
-                out.print(f"[green]wrote[/] {target}", highlight=False)
+        try:
+            for option, text in (("markdown", markdown(comparison) if args.markdown else None),
+                                 ("json", dumps(comparison.as_dict()) if args.json else None)):
+                if text is not None:
+                    out.print(f"[green]wrote[/] {write_output(getattr(args, option), text)}", highlight=False)
+        except CompareError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return EXIT_USAGE
         return EXIT_REGRESSION if comparison.regressions else EXIT_OK
 
 
@@ -791,10 +917,14 @@ class BaselineCommand(Command):
                     err.print(f"[yellow]note:[/] {note}", highlight=False)
                 print(path)
                 return EXIT_OK
-            target = save_baseline(args.run_dirs, args.to, args.machine, args.force)
+            notes: list[str] = []
+            target = save_baseline(args.run_dirs, args.to, args.machine, args.force, notes)
         except CompareError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return EXIT_USAGE
+        for note in notes:
+            err.print(f"[yellow]warning:[/] {note}", highlight=False)
+        suite = json.loads(target.read_text())["meta"].get("suite")
         out.print(f"[green]saved[/] {target} ({target.stat().st_size / 1024:.0f} KiB): commit it; compare later "
-                  f"runs with: pricebench compare {target} results/<suite>", highlight=False)
+                  f"runs with: pricebench compare '{target}' results/{suite}", highlight=False)
         return EXIT_OK

@@ -105,10 +105,14 @@ def plot(runs: list[RunData], data: dict[tuple, list[dict[str, Any]]], metric: s
         values = [(p["run"], p["metric"]) for p in points if math.isfinite(p["metric"]) and p["metric"] > 0]
         if values:
             bottom.plot(*zip(*values), marker="o", ms=4, color=line[0].get_color())
+    from matplotlib.ticker import NullFormatter
+
     top.set_yscale("log")
+    top.yaxis.set_minor_formatter(NullFormatter())
     top.set_ylabel("latency / calibration workload" if normalise else "median latency per call (s)")
-    top.set_title(f"{runs[0].meta.get('suite')}: {len(runs)} runs (bars: interquartile range; x: a failed cell)")
+    top.set_title(f"{runs[0].meta.get('suite')}: {len(runs)} runs (bars: median +/- half the interquartile range; x: a failed cell)")
     bottom.set_yscale("log")
+    bottom.yaxis.set_minor_formatter(NullFormatter())
     bottom.set_ylabel(metric)
     labels = [f"{i}\n{str(r.meta.get('run_id'))[:15]}" for i, r in enumerate(runs)]
     bottom.set_xticks(range(len(runs)), labels, fontsize=7)
@@ -150,7 +154,9 @@ class HistoryCommand(Command):
                     raise CompareError(f"{missing[0]}: no calibration workload timing; --normalise needs it")
             data = series(runs, args.task, args.method, args.metric, args.normalise)
             if not data:
-                raise CompareError("no cell matches --task/--method in these runs")
+                raise CompareError("no cell matches --task/--method in these runs" + (
+                    " (--normalise follows cpu cells only: the calibration workload is CPU work)"
+                    if args.normalise else ""))
             if not any(math.isfinite(p["metric"]) for points in data.values() for p in points):
                 raise CompareError(f"--metric {args.metric}: no such numeric column in these runs")
         except CompareError as exc:
@@ -165,7 +171,7 @@ class HistoryCommand(Command):
         for key, points in data.items():
             by_run = {p["run"]: p for p in points}
             cells = []
-            previous_version = None
+            previous_version = previous_host = None
             for i in range(len(runs)):
                 p = by_run.get(i)
                 if p is None:
@@ -177,6 +183,9 @@ class HistoryCommand(Command):
                 text += f"\n{p['metric']:.1e}" if math.isfinite(p["metric"]) else "\n-"
                 if previous_version is not None and p["version"] != previous_version:
                     text += f"\n[magenta]v{p['version']}[/]"
+                if previous_host is not None and p["host"] != previous_host:
+                    text += f"\n[magenta]host {p['host']}[/]"
+                previous_host = p["host"]
                 if p["busy"]:
                     text += "\n[yellow]busy[/]"
                 previous_version = p["version"]
@@ -188,8 +197,17 @@ class HistoryCommand(Command):
         out.print(f"each entry: {unit}, then {args.metric}; runs: " + ", ".join(
             f"{i} {r.meta.get('run_id')}" for i, r in enumerate(runs)), highlight=False)
         target = Path(args.plot)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        drawn = plot(runs, data, args.metric, args.normalise, target)
+        try:
+            if target.is_dir():
+                raise CompareError(f"--plot {target}: is a folder; name a PNG file")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            drawn = plot(runs, data, args.metric, args.normalise, target)
+        except OSError as exc:
+            err.print(f"[bold red]error:[/] --plot {target}: cannot write ({exc.strerror or exc})", highlight=False)
+            return 2
+        except CompareError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
         more = f" (the first {drawn} of {len(data)} cells; narrow with --task/--method)" if drawn < len(data) else ""
         out.print(f"[green]wrote[/] {target}{more}", highlight=False)
         return 0

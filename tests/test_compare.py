@@ -126,7 +126,7 @@ def test_several_baseline_runs_widen_the_latency_threshold():
     """A cell whose latency moves between runs of one code: beyond the factor means beyond it from the
     slowest baseline run."""
     base = _run([_row("a")], samples={"a": _noise(1.0e-3, seed=1)})
-    base.replicates = [(1.0, {"a": _noise(1.15e-3, seed=2)}), (1.0, {"a": _noise(1.05e-3, seed=3)})]
+    base.replicates = [(1.0, {"a": _noise(1.15e-3, seed=2)}, {}), (1.0, {"a": _noise(1.05e-3, seed=3)}, {})]
     within = _run([_row("a")], samples={"a": _noise(1.22e-3, seed=4)})  # +16% on the median run, +6% on the slowest
     v = _verdicts(compare(base, within))["a"]
     assert v.verdict == "unchanged" and "own spread" in v.notes[0] and v.ratio == pytest.approx(1.16, rel=0.03)
@@ -213,6 +213,7 @@ def test_cli_exit_codes_markdown_and_baseline(runs, capsys):
     meta = json.loads((base / "run.json").read_text())
     assert meta["calibration"]["median_s"] > 0 and "after" in meta["calibration"]
     assert meta["tasks"]["calls"]["definition"]["n"] == 4000
+    assert all(r["calibration_s"] > 0 for r in load(base).rows)  # the workload timed next to each cell
     # a run against itself, and against a run of the same code: no regression (a generous factor: the
     # test machine may be busy; the README's false-alarm measurement uses the default)
     assert cli.main(["compare", str(base), str(base), *plugins]) == 0
@@ -272,3 +273,57 @@ def test_same_seed_same_accuracy(runs):
     for key in a:
         for metric in ("max_abs_error", "rmse", "mae"):
             assert a[key][metric] == b[key][metric] or (math.isnan(a[key][metric]) and math.isnan(b[key][metric]))
+
+
+def test_reasons_and_metrics_beyond_the_defaults():
+    tasks = {"t": {"definition": {"n": 1}, "seed_entropy": "1"}}
+    v = _verdicts(compare(_run([_row("k1", version="1")], tasks=tasks), _run([_row("k2", version="2")], tasks=tasks)))
+    assert v["k2"].notes == ["method version 1 -> 2"]  # nothing else changed, and it says only that
+    both = {"t": {"definition": {"n": 2}, "seed_entropy": "2"}}
+    v = _verdicts(compare(_run([_row("k1")], tasks=tasks), _run([_row("k2")], tasks=both)))
+    assert "seed" in v["k2"].notes[0] and "n 1 -> 2" in v["k2"].notes[0]
+    # Monte Carlo bias (within_3se) and r2 are gated too, the right way round
+    v = _verdicts(compare(_run([_row("a", within_3se=0.997, r2=1.0)]), _run([_row("a", within_3se=0.2, r2=1.0)])))
+    assert v["a"].verdict == "worse" and "within_3se" in v["a"].notes[0]
+    v = _verdicts(compare(_run([_row("a", r2=0.5)]), _run([_row("a", r2=0.9)])))
+    assert v["a"].verdict == "better"
+    # another thread count: latency is not compared, and it says why
+    v = _verdicts(compare(_run([_row("a", threads=4)], samples={"a": _noise(1e-3)}),
+                          _run([_row("a", threads=1)], samples={"a": _noise(3e-3)})))
+    assert v["a"].verdict == "unchanged" and "thread" in v["a"].notes[0]
+
+
+def test_latency_reported_not_gated_is_still_reported():
+    base = _run([_row("a", err=2e-6)], samples={"a": _noise(1e-3, seed=1)})
+    new = _run([_row("a", err=1e-6)], samples={"a": _noise(1.5e-3, seed=2)})  # more accurate, 50% slower
+    c = compare(base, new, Rules.create([], gate_latency=False))
+    v = _verdicts(c)["a"]
+    assert v.verdict == "unchanged" and v.slower_not_gated and not c.regressions  # never "better" while slower
+    text = markdown(c)
+    assert "1 slower (latency not gated)" in text and "| unchanged (slower, not gated) |" in text.split("<details>")[0]
+
+
+def test_damaged_runs_are_bad_input(runs, tmp_path, capsys):
+    _, base, _, _ = runs
+    plugins = ["--plugins-dir", str(PLUGINS)]
+    for name, rows in (("empty", ""), ("nokey", '{"task": "t", "status": "ok"}\n'), ("garbage", "[1, 2]\n\xff\n")):
+        bad = tmp_path / name
+        shutil.copytree(base, bad)
+        (bad / "rows.jsonl").write_text(rows, encoding="latin-1")
+        assert cli.main(["compare", str(base), str(bad), *plugins]) == 2, name
+        assert str(bad) in capsys.readouterr().err
+    (tmp_path / "adir").mkdir()
+    assert cli.main(["compare", str(base), str(base), "--json", str(tmp_path / "adir"), *plugins]) == 2
+    assert cli.main(["compare", str(base), str(base), "--json", str(tmp_path / "ok.json"), *plugins]) == 0
+    assert "NaN" not in (tmp_path / "ok.json").read_text()  # strict JSON
+    assert "compared with itself" in capsys.readouterr().out
+
+
+def test_normalise_by_the_workload_timed_next_to_each_cell():
+    """A machine that slowed down for part of a run: the cell's own calibration timing cancels it."""
+    base = _run([_row("a", calibration_s=1e-3)], samples={"a": _noise(1e-3, seed=1)}, calibration=1e-3)
+    # the whole machine 40% slower while this cell ran, not at the run's start and end
+    new = _run([_row("a", calibration_s=1.4e-3)], samples={"a": _noise(1.4e-3, seed=2)}, calibration=1e-3)
+    assert _verdicts(compare(base, new))["a"].verdict == "worse"
+    v = _verdicts(compare(base, new, Rules.create([], normalise=True)))["a"]
+    assert v.verdict == "unchanged" and v.ratio == pytest.approx(1.0, rel=0.03)

@@ -301,10 +301,9 @@ def _tier(r: dict[str, Any]) -> float:
 
 
 def _speedup_text(r: dict[str, Any]) -> str:
-    v = _num(r.get("speedup"))
-    if not math.isfinite(v):
-        return "-"
-    return f"{v:.3g}x" if v >= 0.01 else f"1/{1 / v:.3g}x" if v > 0 else "0x"
+    from bench.report.console import fmt_speedup  # one way to write a speed-up, console and HTML alike
+
+    return fmt_speedup(r.get("speedup"))
 
 
 def _fmt_share(value: float) -> str:
