@@ -37,6 +37,8 @@ def run(suite: str, out: Path, env: dict[str, str] | None = None, plugins: Path 
 def latency_alarms(base, new: Path, normalise: bool) -> tuple[int, list[str]]:
     c = compare(base, load(new), Rules.create([], normalise=normalise))
     worse = [v for v in c.verdicts if v.regression]
+    assert all(v.verdict == "worse" and any(n.startswith("latency") for n in v.notes) for v in worse), \
+        "an accuracy regression or a newly failing cell between runs of one commit"
     return len(worse), [f"{v.task}/{v.name}: {'; '.join(v.notes)}" for v in worse]
 
 
