@@ -18,7 +18,6 @@ so cuda cells are never normalised by it), or a neighbour that was busy for part
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 import numpy as np
@@ -54,9 +53,9 @@ _CACHED: tuple[np.ndarray, ...] | None = None
 
 
 def measure_next_to_cell() -> float:
-    """The workload's median time from 5 quick samples (about 10 ms), taken right after a cell's timing
-    under the cell's thread limit: ``compare --normalise`` divides the cell by it, so a machine that
-    changed speed during the run (a neighbour on the physical host, a clock change) cancels."""
+    """The workload's median time from 5 quick samples (about 10 ms), taken just before and just after a
+    cell's timing under the cell's thread limit: ``compare`` leaves a cell out of its latency verdict
+    where the machine itself was slow next to it (a neighbour on the physical host, a clock change)."""
     global _CACHED
     if _CACHED is None:
         _CACHED = _inputs()
@@ -76,11 +75,11 @@ def measure_workload(threads: int | None = 1, repeats: int = 9) -> dict[str, Any
 
 
 def summary(before: dict[str, Any], after: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What run.json stores: both measurements and the figure latencies are divided by (the median of
-    every sample of both), with the drift between them."""
-    samples = list(before["samples"]) + (list(after["samples"]) if after else [])
+    """What run.json stores: both measurements, the figure latencies are divided by (the faster of the
+    two medians: a neighbour busy during one of them slows only that one), and the drift between them."""
+    medians = [before["median_s"]] + ([after["median_s"]] if after else [])
     out: dict[str, Any] = {"workload": DESCRIPTION, "version": VERSION, "before": before,
-                           "median_s": statistics.median(samples)}
+                           "median_s": min(medians)}
     if after:
         out["after"] = after
         out["drift"] = after["median_s"] / before["median_s"] - 1.0

@@ -91,7 +91,12 @@ class RunData:
 
     @property
     def calibration_s(self) -> float:
-        return _num((self.meta.get("calibration") or {}).get("median_s"))
+        """The machine's undisturbed speed over the run: the faster of the calibration timings before the
+        first cell and after the last (a neighbour busy during one of them slows only that one)."""
+        cal = self.meta.get("calibration") or {}
+        ends = [_num((cal.get(k) or {}).get("median_s")) for k in ("before", "after") if isinstance(cal.get(k), dict)]
+        ends = [x for x in ends if x > 0]
+        return min(ends) if ends else _num(cal.get("median_s"))
 
     @property
     def calibration_id(self) -> tuple:
@@ -349,28 +354,21 @@ def _incomparable_reason(base: RunData, new: RunData, old: dict[str, Any], cur: 
     return "; ".join(reasons) or "the task's definition or data seed changed (a run without task definitions)"
 
 
-def _samples(run: RunData, row: dict[str, Any], normalise: bool, per_cell: bool = False) -> list[list[float]]:
-    """The cell's timing samples in each run ``run`` holds (one list per run; a baseline may hold several),
-    divided, when normalising, by the calibration workload timed next to the cell (``per_cell``) or by
-    the run's."""
+CONTENDED = 1.15  # the calibration workload this much slower next to a cell than over its run: contended
+
+
+def _timed_runs(run: RunData, row: dict[str, Any]) -> list[tuple[list[float], float, float]]:
+    """The cell's timings in each run ``run`` holds (a baseline or a set of new runs may hold several):
+    (samples, the calibration workload timed next to the cell, the run's calibration)."""
     key = row.get("cell_key", "")
     values = [float(v) for v in run.samples.get(key, [])]
     if not values and math.isfinite(_num(row.get("latency_median_s"))):
         values = [_num(row.get("latency_median_s"))]
-    scale = _num(row.get("calibration_s")) if per_cell else run.calibration_s
-    out = [[v / scale for v in values] if normalise else values] if values else []
+    out = [(values, _num(row.get("calibration_s")), run.calibration_s)] if values else []
     for calibration_s, samples, cells in run.replicates:
         if samples.get(key):
-            scale = cells.get(key, math.nan) if per_cell else calibration_s
-            out.append([float(v) / scale if normalise else float(v) for v in samples[key]])
+            out.append(([float(v) for v in samples[key]], cells.get(key, math.nan), calibration_s))
     return out
-
-
-def _per_cell_calibration(base: RunData, new: RunData, old: dict[str, Any], cur: dict[str, Any]) -> bool:
-    """Whether every run of both sides timed the calibration workload next to this cell."""
-    key = old.get("cell_key")
-    return (_num(old.get("calibration_s")) > 0 and _num(cur.get("calibration_s")) > 0
-            and all(cells.get(key, math.nan) > 0 for _, samples, cells in base.replicates if samples.get(key)))
 
 
 def _compare_cell(v: Verdict, base: RunData, new: RunData, rules: Rules) -> None:
@@ -455,36 +453,54 @@ def _compare_latency(v: Verdict, base: RunData, new: RunData, rules: Rules) -> t
             return "note", (f"latency not compared: measured on another host ({old.get('host')} / "
                             f"{cur.get('host')}); use --normalise")
         normalise = False
-    per_cell = normalise and _per_cell_calibration(base, new, old, cur)
-    runs, b = _samples(base, old, normalise, per_cell), _samples(new, cur, normalise, per_cell)
-    if not runs or not b:
+    runs, news = _timed_runs(base, old), _timed_runs(new, cur)
+    if not runs or not news:
         return "note", "latency not compared: no timing samples"
-    for run, row, got in ((base, old, runs[0]), (new, cur, b[0])):
+    for run, row, got in ((base, old, runs[0][0]), (new, cur, news[0][0])):
         if len(got) < 2 and not math.isfinite(_num(row.get("once_s"))) and _num(row.get("samples")) > 1:
             return "note", (f"latency not compared: {run.source} stores no timing samples for this cell "
                             f"(its row says {_num(row.get('samples')):g} were taken)")
-    b = b[0]
-    medians = [statistics.median(r) for r in runs]
-    reference, new_median = statistics.median(medians), statistics.median(b)
+    # a run in which the machine itself was slow right next to this cell (a neighbour on the physical host,
+    # invisible to the load figures) says nothing about the method: leave it out
+    contended = []
+    for side, timed in (("baseline", runs), ("new", news)):
+        kept = [t for t in timed if not (t[1] > CONTENDED * t[2])]
+        if len(kept) < len(timed):
+            worst = max(t[1] / t[2] for t in timed if t[1] > CONTENDED * t[2])
+            contended.append(f"{side}: {len(timed) - len(kept)} of {len(timed)} run(s) contended (the calibration "
+                             f"workload took {(worst - 1) * 100:+.0f}% next to this cell)")
+        timed[:] = kept
+    if not runs or not news:
+        return "note", "latency not judged: " + "; ".join(contended)
+    scale = (lambda t: t[2]) if normalise else (lambda t: 1.0)
+    base_sets = [[x / scale(t) for x in t[0]] for t in runs]
+    new_sets = [[x / scale(t) for x in t[0]] for t in news]
+    medians = [statistics.median(r) for r in base_sets]
+    new_medians = [statistics.median(r) for r in new_sets]
+    reference, new_median = statistics.median(medians), statistics.median(new_medians)
     if not (reference > 0 and math.isfinite(reference) and math.isfinite(new_median)):
         return "note", "latency not compared: no finite timing"
     v.ratio = new_median / reference
-    pooled = [x for r in runs for x in r]
-    v.test, v.p_value, significant = latency_test(pooled, b)
+    pooled, pooled_new = [x for r in base_sets for x in r], [x for r in new_sets for x in r]
+    v.test, v.p_value, significant = latency_test(pooled, pooled_new)
     if v.test == "none":
         return "note", f"latency x{v.ratio:.3f}, not tested (one sample: timing policy once)"
     pct = f"{(v.ratio - 1) * 100:+.1f}%"
     how = f"p={v.p_value:.2g}" if v.test == "mann-whitney" else "disjoint ranges" if significant else "ranges overlap"
-    if len(runs) > 1:
-        # several baseline runs show how much the cell moves between runs of one code: beyond the factor
-        # means beyond it from the slowest (fastest) of them
-        how += f"; {len(runs)} baseline runs, {(max(medians) / reference - 1) * 100:+.1f}% to the slowest"
-    if new_median > rules.factor * max(medians) and significant:
+    if len(runs) > 1 or len(news) > 1:
+        # several runs of one code show how much the cell moves between runs: slower beyond the factor
+        # means the fastest new run beyond it from the slowest baseline run (and the reverse for faster)
+        how += f"; {len(runs)} baseline and {len(news)} new run(s)"
+    if contended:
+        how += "; " + "; ".join(contended)
+    if min(new_medians) > rules.factor * max(medians) and significant:
         return "worse", f"latency {pct} ({how})"
-    if new_median < min(medians) / rules.factor and significant:
+    if max(new_medians) < min(medians) / rules.factor and significant:
         return "better", f"latency {pct} ({how})"
     if v.ratio > rules.factor and significant:
-        return "note", f"latency {pct}, within the baseline runs' own spread ({how})"
+        return "note", f"latency {pct}, within the runs' own spread ({how})"
+    if contended:
+        return "note", "; ".join(contended)
     return None
 
 
@@ -707,6 +723,48 @@ def machine_name(meta: dict[str, Any]) -> str:
     return f"{slug}-{count}cpu" if count else slug
 
 
+def combine(runs: list[RunData], what: str = "a baseline") -> RunData:
+    """Several runs of one code as one side of a comparison: the first run's rows and samples, and each
+    further run's timing samples as a replicate. They must be runs of one suite on one host, and score
+    identically (accuracy is reproducible, or they are not runs of one code)."""
+    run = runs[0]
+    if len(runs) == 1:
+        return run
+    seen = {str(run.meta.get("run_id"))}
+    for other in runs[1:]:
+        if other.meta.get("suite") != run.meta.get("suite") or other.meta.get("suite_hash") != run.meta.get("suite_hash"):
+            raise CompareError(f"{other.source}: a run of another suite (or suite definition) than {run.source}")
+        hosts = {r.get("host") for r in run.rows} | {r.get("host") for r in other.rows}
+        if len(hosts) > 1:
+            raise CompareError(f"{other.source}: measured on another host than {run.source} "
+                               f"({', '.join(map(str, hosts))}); {what}'s runs come from one machine")
+        if str(other.meta.get("run_id")) in seen:
+            raise CompareError(f"{other.source}: the same run twice")
+        seen.add(str(other.meta.get("run_id")))
+        mine = {r.get("cell_key"): r for r in run.rows}
+        for row in other.rows:
+            ref = mine.get(row.get("cell_key"))
+            if ref is not None and any(_num(ref.get(m)) != _num(row.get(m)) and not
+                                       (math.isnan(_num(ref.get(m))) and math.isnan(_num(row.get(m))))
+                                       for m in DEFAULT_ACCURACY):
+                raise CompareError(f"{other.source}: cell {row.get('task')}/{row.get('method')} scored differently "
+                                   f"from {run.source} with the same key: its accuracy is not reproducible, so "
+                                   f"the two cannot be {what}")
+    replicates, ids = list(run.replicates), list(run.meta.get("replicate_run_ids") or [])
+    for other in runs[1:]:
+        cells = {r["cell_key"]: _num(r.get("calibration_s")) for r in other.rows}
+        replicates.append((other.calibration_s, {k: v for k, v in other.samples.items() if k in run.samples}, cells))
+        ids.append(str(other.meta.get("run_id")))
+        replicates += other.replicates
+        ids += list(other.meta.get("replicate_run_ids") or [])
+    meta = dict(run.meta, replicate_run_ids=ids)
+    return RunData(run.source + f" (+{len(runs) - 1} run(s))", meta, run.rows, run.samples, replicates)
+
+
+def load_many(paths: list[str | Path], what: str = "the new side") -> RunData:
+    return combine([load(p) for p in paths], what)
+
+
 def save_baseline(run_dirs: str | Path | list[str | Path], root: str | Path = BASELINE_ROOT,
                   machine: str | None = None, force: bool = False, warnings: list[str] | None = None) -> Path:
     """Promote finished runs to ``<root>/<machine>/<suite>.json``: the first run's rows and timing samples
@@ -725,24 +783,7 @@ def save_baseline(run_dirs: str | Path | list[str | Path], root: str | Path = BA
                                "(--force saves it anyway)")
         runs.append(run)
     run, path = runs[0], paths[0]
-    for other, other_path in zip(runs[1:], paths[1:]):
-        if other.meta.get("suite") != run.meta.get("suite") or other.meta.get("suite_hash") != run.meta.get("suite_hash"):
-            raise CompareError(f"{other_path}: a run of another suite (or suite definition) than {path}")
-        hosts = {r.get("host") for r in run.rows} | {r.get("host") for r in other.rows}
-        if len(hosts) > 1:
-            raise CompareError(f"{other_path}: measured on another host than {path} ({', '.join(map(str, hosts))}); "
-                               "a baseline's runs come from one machine")
-        if other.meta.get("run_id") == run.meta.get("run_id"):
-            raise CompareError(f"{other_path}: the same run twice")
-        mine = {r.get("cell_key"): r for r in run.rows}
-        for row in other.rows:
-            ref = mine.get(row.get("cell_key"))
-            if ref is not None and any(_num(ref.get(m)) != _num(row.get(m)) and not
-                                       (math.isnan(_num(ref.get(m))) and math.isnan(_num(row.get(m))))
-                                       for m in DEFAULT_ACCURACY):
-                raise CompareError(f"{other_path}: cell {row.get('task')}/{row.get('method')} scored differently "
-                                   f"from {path} with the same key: its accuracy is not reproducible, so it "
-                                   "cannot be a baseline")
+    combined = combine(runs, "a baseline")
     for r in runs:
         busy = [row for row in r.rows if row.get("busy") is True]
         if busy:
@@ -760,16 +801,13 @@ def save_baseline(run_dirs: str | Path | list[str | Path], root: str | Path = BA
     data = {
         "format": BASELINE_FORMAT,
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "saved_from": str(path.resolve()),
+        "saved_from": [str(p.resolve()) for p in paths],
         "machine_name": name,
         "meta": run.meta,
         "rows": [{k: v for k, v in r.items() if k not in keep} for r in run.rows],
         "samples": {r["cell_key"]: run.samples[r["cell_key"]] for r in run.rows if r.get("cell_key") in run.samples},
-        "replicates": [{"run_id": other.meta.get("run_id"), "calibration_s": other.calibration_s,
-                        "samples": {k: v for k, v in other.samples.items() if k in run.samples},
-                        "cell_calibration": {r["cell_key"]: r.get("calibration_s") for r in other.rows
-                                             if r.get("cell_key") in run.samples}}
-                       for other in runs[1:]],
+        "replicates": [{"run_id": rid, "calibration_s": cal, "samples": samples, "cell_calibration": cells}
+                       for rid, (cal, samples, cells) in zip(combined.meta.get("replicate_run_ids") or [], combined.replicates)],
     }
     write_output(target, dumps(data) + "\n")
     return target
@@ -844,7 +882,9 @@ class CompareCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("baseline", metavar="BASELINE", help="the reference run or baseline file")
-        parser.add_argument("new", metavar="NEW", help="the run to judge")
+        parser.add_argument("new", nargs="+", metavar="NEW",
+                            help="the run to judge; several runs of one code (a second run of the suite) are "
+                                 "judged together: a cell is slower only if it is slower in every one of them")
         parser.add_argument("--factor", type=_factor, default=DEFAULT_FACTOR,
                             help="a latency regression needs new/baseline beyond this ratio, and significance "
                                  "(default 1.1)")
@@ -865,7 +905,7 @@ class CompareCommand(Command):
     def run(self, args, out, err) -> int:
         try:
             rules = Rules.create(args.fail_on, args.factor, args.normalise, args.latency == "gate")
-            comparison = compare(load(args.baseline), load(args.new), rules)
+            comparison = compare(load(args.baseline), load_many(args.new), rules)
         except CompareError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return EXIT_USAGE
