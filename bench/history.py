@@ -107,15 +107,20 @@ def plot(runs: list[RunData], data: dict[tuple, list[dict[str, Any]]], metric: s
             bottom.plot(*zip(*values), marker="o", ms=4, color=line[0].get_color())
     from matplotlib.ticker import NullFormatter
 
-    top.set_yscale("log")
-    top.yaxis.set_minor_formatter(NullFormatter())
+    values = [p["latency"] for k in keys for p in data[k] if math.isfinite(p["latency"]) and p["latency"] > 0]
+    if values and max(values) / min(values) > 10:  # several decades: log, labelled at powers of ten only
+        top.set_yscale("log")
+        top.yaxis.set_minor_formatter(NullFormatter())
     top.set_ylabel("latency / calibration workload" if normalise else "median latency per call (s)")
     top.set_title(f"{runs[0].meta.get('suite')}: {len(runs)} runs (bars: median +/- half the interquartile range; x: a failed cell)")
     bottom.set_yscale("log")
     bottom.yaxis.set_minor_formatter(NullFormatter())
+    if all(p["metric"] == data[k][0]["metric"] for k in keys for p in data[k]):
+        bottom.set_title(f"{metric}: the same in every run", fontsize=9)
     bottom.set_ylabel(metric)
-    labels = [f"{i}\n{str(r.meta.get('run_id'))[:15]}" for i, r in enumerate(runs)]
-    bottom.set_xticks(range(len(runs)), labels, fontsize=7)
+    labels = [f"{i}  {str(r.meta.get('started') or r.meta.get('run_id'))[5:16].replace('T', ' ')}"
+              for i, r in enumerate(runs)]
+    bottom.set_xticks(range(len(runs)), labels, fontsize=7, rotation=40, ha="right")
     bottom.set_xlabel("run (oldest first)")
     top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -162,40 +167,34 @@ class HistoryCommand(Command):
         except CompareError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             return 2
-        unit = "x cal." if args.normalise else "latency"
         table = Table(title=f"{runs[0].meta.get('suite')}: {len(runs)} runs, oldest first", title_justify="left")
-        table.add_column("cell", overflow="fold", ratio=1)
-        for i in range(len(runs)):
-            table.add_column(f"{i}", justify="right", overflow="fold")
-        table.add_column("last/first", justify="right", no_wrap=True)
+        table.add_column("cell", overflow="fold", ratio=2, min_width=12)
+        table.add_column("run", overflow="fold", min_width=8)
+        table.add_column("x calibration" if args.normalise else "latency", justify="right", no_wrap=True)
+        table.add_column("vs first", justify="right", no_wrap=True)
+        table.add_column(args.metric, justify="right", no_wrap=True)
+        table.add_column("note", overflow="fold", ratio=1, min_width=6)
         for key, points in data.items():
-            by_run = {p["run"]: p for p in points}
-            cells = []
-            previous_version = previous_host = None
-            for i in range(len(runs)):
-                p = by_run.get(i)
-                if p is None:
-                    cells.append("")
-                    continue
-                text = (_seconds(p["latency"]) if not args.normalise else f"{p['latency']:.3g}")
+            first = points[0]["latency"]
+            previous = points[0]
+            for j, p in enumerate(points):
+                latency = _seconds(p["latency"]) if not args.normalise else f"{p['latency']:.3g}"
+                change = p["latency"] / first if first > 0 else math.nan
+                notes = []
                 if p["status"] != "ok":
-                    text = f"[red]{p['status']}[/]"
-                text += f"\n{p['metric']:.1e}" if math.isfinite(p["metric"]) else "\n-"
-                if previous_version is not None and p["version"] != previous_version:
-                    text += f"\n[magenta]v{p['version']}[/]"
-                if previous_host is not None and p["host"] != previous_host:
-                    text += f"\n[magenta]host {p['host']}[/]"
-                previous_host = p["host"]
+                    notes.append(f"[red]{p['status']}[/]")
+                if p["version"] != previous["version"]:
+                    notes.append(f"[magenta]version {previous['version']} -> {p['version']}[/]")
+                if p["host"] != previous["host"]:
+                    notes.append(f"[magenta]host {p['host']}[/]")
                 if p["busy"]:
-                    text += "\n[yellow]busy[/]"
-                previous_version = p["version"]
-                cells.append(text)
-            first, last = points[0]["latency"], points[-1]["latency"]
-            ratio = f"x{last / first:.3f}" if first > 0 and math.isfinite(last / first) else ""
-            table.add_row(_name(key), *cells, ratio)
+                    notes.append("[yellow]busy[/]")
+                previous = p
+                table.add_row(_name(key) if j == 0 else "", f"{p['run']} {str(p['started'] or p['run_id'])[5:16].replace('T', ' ')}", latency,
+                              "" if j == 0 or not math.isfinite(change) else f"x{change:.3f}",
+                              f"{p['metric']:.2e}" if math.isfinite(p["metric"]) else "-", ", ".join(notes),
+                              end_section=j == len(points) - 1)
         out.print(table)
-        out.print(f"each entry: {unit}, then {args.metric}; runs: " + ", ".join(
-            f"{i} {r.meta.get('run_id')}" for i, r in enumerate(runs)), highlight=False)
         target = Path(args.plot)
         try:
             if target.is_dir():
