@@ -320,15 +320,13 @@ def test_damaged_runs_are_bad_input(runs, tmp_path, capsys):
     assert "compared with itself" in capsys.readouterr().out
 
 
-def test_a_cell_timed_while_the_machine_was_slow_is_not_judged():
-    """The calibration workload timed next to the cell shows the machine itself was slow (a neighbour on the
-    physical host, invisible to load figures): that run says nothing about the method."""
+def test_a_cell_timed_while_the_machine_was_slow_says_so():
+    """The calibration workload timed next to the cell was slow: reported beside the verdict, not acted on
+    (on our VM it did not track the cells' own slow-downs; a second new run is the remedy)."""
     base = _run([_row("a", calibration_s=1e-3)], samples={"a": _noise(1e-3, seed=1)}, calibration=1e-3)
     burst = _run([_row("a", calibration_s=1.4e-3)], samples={"a": _noise(1.4e-3, seed=2)}, calibration=1e-3)
     v = _verdicts(compare(base, burst))["a"]
-    assert v.verdict == "unchanged" and "contended" in v.notes[0]
-    quiet = _run([_row("a", calibration_s=1.02e-3)], samples={"a": _noise(1.4e-3, seed=2)}, calibration=1e-3)
-    assert _verdicts(compare(base, quiet))["a"].verdict == "worse"
+    assert v.verdict == "worse" and "calibration workload took +40%" in v.notes[0]
 
 
 def test_several_new_runs_must_all_be_slower():
