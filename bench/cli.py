@@ -277,7 +277,8 @@ def cmd_methods(args, out: Console, err: Console) -> int:
             table.add_column("allowed", overflow="fold", max_width=18)
             table.add_column("description", overflow="fold", ratio=1)
             for name, spec in r["setting_specs"].items():
-                table.add_row(f"  {name}", spec["type"], repr(spec["default"]), _allowed(spec), spec["description"])
+                table.add_row(f"  {name}", spec["type"], Text(repr(spec["default"])), Text(_allowed(spec)),
+                              Text(spec["description"]))  # Text: "[a, b]" in a description is not markup
             out.print(table)
         out.print()
     return EXIT_OK

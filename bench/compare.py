@@ -246,6 +246,8 @@ class Rules:
         for text in fail_on:
             rule = parse_rule(text)
             if rule.metric == "latency":
+                if factor != DEFAULT_FACTOR and not math.isclose(factor, 1.0 + rule.value):
+                    raise CompareError(f"--fail-on {text} and --factor {factor:g} say two things: give one")
                 factor = 1.0 + rule.value
             else:
                 accuracy[rule.metric] = rule

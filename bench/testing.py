@@ -188,7 +188,7 @@ ORDINARY: dict[str, dict[str, float]] = {
     "black_karasinski": dict(r0=0.05, alpha=0.5, sigma=0.3, mu=0.05, mu_sin=0.0),
 }
 # Extreme values the parameter bounds do not give (their upper sides are mostly open), and
-# combinations issue 8's fuzzing found COS returning garbage at (a Heston put of 415 below its
+# combinations fuzzing the conformance kit found COS returning garbage at (a Heston put of 415 below its
 # intrinsic value 713; Kou calls of -1500 with jumps of mean size 1/eta2 = 83 log units).
 EXTREMES: dict[str, list[dict[str, float]]] = {
     "black_scholes": [{"sigma": 5.0}, {"sigma": 1e-4}, {"r": -0.05}, {"q": 0.3}],

@@ -49,7 +49,7 @@ theta and v0 [0.005, 0.5], xi [0.05, 1.5], rho [-0.95, 0.7], T [0.02, 10],
 K/S [0.5, 1.6], r [-0.01, 0.08], q [0, 0.05] (S = 100): largest difference
 1.6e-13, median 1.4e-14. Without the refinement (``max_refine = 0``) the
 worst of those points were off by up to 2e-3. Time: about 35 ms per 1,000
-options of the issue's domain on one CPU thread (NumPy).
+options of the heston suite's domain on one CPU thread (NumPy).
 
 ``integration = "quad"`` integrates each option separately with
 ``scipy.integrate.quad`` on [0, inf) (NumPy, CPU only; a slow independent
